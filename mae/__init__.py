@@ -1,0 +1,48 @@
+"""mae: Masked Autoencoders (He et al., CVPR 2022) in plain PyTorch, proven equal to independent references.
+
+import mae
+model = mae.create_model("mae_vit_large_patch16")
+loss, pred, mask = model(imgs)          # imgs: [N, 3, 224, 224]
+"""
+
+from __future__ import annotations
+
+from .attention import set_fused_attn
+from .config import MAEConfig
+from .decoder import MAEDecoder
+from .encoder import MAEEncoder
+from .mae import MaskedAutoencoderViT
+from .models import (
+    MAEViTBase,
+    MAEViTHuge,
+    MAEViTLarge,
+    create_model,
+    list_models,
+    mae_vit_base_patch16,
+    mae_vit_base_patch16_dec512d8b,
+    mae_vit_huge_patch14,
+    mae_vit_huge_patch14_dec512d8b,
+    mae_vit_large_patch16,
+    mae_vit_large_patch16_dec512d8b,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "MAEConfig",
+    "MAEDecoder",
+    "MAEEncoder",
+    "MAEViTBase",
+    "MAEViTHuge",
+    "MAEViTLarge",
+    "MaskedAutoencoderViT",
+    "create_model",
+    "list_models",
+    "mae_vit_base_patch16",
+    "mae_vit_base_patch16_dec512d8b",
+    "mae_vit_huge_patch14",
+    "mae_vit_huge_patch14_dec512d8b",
+    "mae_vit_large_patch16",
+    "mae_vit_large_patch16_dec512d8b",
+    "set_fused_attn",
+]

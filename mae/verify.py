@@ -1,0 +1,296 @@
+"""`mae verify`: prove this implementation equal to the independent references on this machine.
+
+For each variant it checks, against every reference that is installed:
+- keys: the official key counts and order, the encoder's keys against timm's MAE encoder, every shape
+  against transformers' `ViTMAEForPreTraining`; LayerNorm eps 1e-6 everywhere;
+- forward: under a shared seed, mask and pred (and loss) bit-equal to transformers for mask ratios
+  0.75 / 0 / 0.9 and both reconstruction targets;
+- encoder: full-image features against timm within 1e-5;
+- random-init loss: ViT-L on a noise image lands in [1.6, 1.95] (about 1.74) and equals transformers';
+- official: with $MAE_OFFICIAL_REPO set, the same seed gives bit-identical weights and outputs.
+
+The references live in the repository's `reference/` package and need the `verify` extra
+(transformers, timm); they are imported here only.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import json
+import math
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .mae import MaskedAutoencoderViT
+from .models import create_model
+
+VARIANTS = {
+    "base": ("mae_vit_base_patch16", "ViT-B/16"),
+    "large": ("mae_vit_large_patch16", "ViT-L/16"),
+    "huge": ("mae_vit_huge_patch14", "ViT-H/14"),
+}
+# Official key counts (total, encoder, decoder) and parameter counts.
+KEY_COUNTS = {"base": (254, 150, 104), "large": (398, 294, 104), "huge": (494, 390, 104)}
+PARAM_COUNTS = {"base": 111_907_840, "large": 329_541_888, "huge": 657_074_508}
+LOSS_RANGE = (1.6, 1.95)  # random-init ViT-L on a noise image, ratio 0.75, pixel target: about 1.74
+RATIOS = (0.75, 0.0, 0.9)
+
+
+@dataclass
+class Check:
+    """One row of the verification table."""
+
+    variant: str
+    check: str
+    reference: str
+    status: str  # "pass", "FAIL", "skip", or "info" (a measurement with no stated bound)
+    detail: str
+
+
+def _installed(module: str) -> bool:
+    return importlib.util.find_spec(module) is not None
+
+
+def _is_decoder_key(key: str) -> bool:
+    return key.startswith("decoder_") or key == "mask_token"
+
+
+def _same(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Bit equality, where NaN equals NaN (the loss at mask ratio 0 is 0/0 in every implementation)."""
+    if torch.equal(a, b):
+        return True
+    nan = a.isnan()
+    return torch.equal(nan, b.isnan()) and torch.equal(a[~nan], b[~nan])
+
+
+def _max_diff(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a - b).abs().nan_to_num(0.0).max()) if a.numel() else 0.0
+
+
+def _check_keys(variant: str, model: MaskedAutoencoderViT) -> list[Check]:
+    rows = []
+    sd = model.state_dict()
+    n_dec = sum(_is_decoder_key(k) for k in sd)
+    counts = (len(sd), len(sd) - n_dec, n_dec)
+    params = sum(t.numel() for t in sd.values())
+    ok = counts == KEY_COUNTS[variant] and params == PARAM_COUNTS[variant]
+    rows.append(
+        Check(
+            variant,
+            "keys: official counts",
+            "official",
+            "pass" if ok else "FAIL",
+            f"{counts[0]}/{counts[1]}/{counts[2]} keys, {params:,} parameters",
+        )
+    )
+    norms = [m for m in model.modules() if isinstance(m, nn.LayerNorm)]
+    bad = [m.eps for m in norms if m.eps != 1e-6]
+    rows.append(
+        Check(
+            variant,
+            "LayerNorm eps",
+            "official",
+            "FAIL" if bad else "pass",
+            f"{len(norms)} LayerNorms, eps 1e-6" + (f"; found {sorted(set(bad))}" if bad else ""),
+        )
+    )
+    if _installed("timm"):
+        from reference.timm_encoder import timm_encoder_keys
+
+        theirs = timm_encoder_keys(variant)
+        ours = {k: tuple(v.shape) for k, v in sd.items() if not _is_decoder_key(k)}
+        ok = list(ours.items()) == list(theirs.items())
+        rows.append(
+            Check(
+                variant, "keys: encoder", "timm", "pass" if ok else "FAIL", f"{len(theirs)} keys and shapes, same order"
+            )
+        )
+    if _installed("transformers"):
+        from transformers import ViTMAEForPreTraining
+
+        from reference.hf import hf_config, official_to_hf
+
+        with torch.device("meta"):
+            hf = ViTMAEForPreTraining(hf_config(model.config))
+        theirs_shapes = {k: tuple(v.shape) for k, v in hf.state_dict().items()}
+        ours_shapes = {k: tuple(v.shape) for k, v in official_to_hf(sd).items()}
+        ok = ours_shapes == theirs_shapes
+        rows.append(
+            Check(
+                variant,
+                "keys: all shapes",
+                "transformers",
+                "pass" if ok else "FAIL",
+                f"{len(theirs_shapes)} tensors after the q/k/v split",
+            )
+        )
+    return rows
+
+
+def _check_transformers(variant: str, model: MaskedAutoencoderViT, imgs: torch.Tensor) -> list[Check]:
+    from reference.hf import build_hf, hf_forward
+
+    hf = build_hf(model.config, model.state_dict())
+    rows = []
+    saved = model.config
+    try:
+        for target in (False, True):
+            model.config = dataclasses.replace(saved, norm_pix_loss=target)
+            hf.config.norm_pix_loss = target
+            worst, equal, losses = 0.0, True, []
+            for ratio in RATIOS:
+                with torch.no_grad():
+                    torch.manual_seed(0)
+                    loss, pred, mask = model(imgs, mask_ratio=ratio)
+                    torch.manual_seed(0)
+                    h_loss, h_pred, h_mask, _ = hf_forward(hf, imgs, ratio)
+                equal &= _same(mask, h_mask) and _same(pred, h_pred) and _same(loss, h_loss)
+                worst = max(worst, _max_diff(pred, h_pred), _max_diff(loss, h_loss))
+                losses.append(f"{loss.item():.4f}")
+            name = "forward, norm-pix target" if target else "forward, pixel target"
+            rows.append(
+                Check(
+                    variant,
+                    name,
+                    "transformers",
+                    "pass" if equal else "FAIL",
+                    f"ratios {'/'.join(map(str, RATIOS))}: {'bit-equal' if equal else 'differ'}, "
+                    f"max abs diff {worst:.1e}; loss {'/'.join(losses)}",
+                )
+            )
+    finally:
+        model.config = saved
+    return rows
+
+
+def _check_timm(variant: str, model: MaskedAutoencoderViT, imgs: torch.Tensor) -> Check:
+    from reference.timm_encoder import build_timm_encoder
+
+    encoder = build_timm_encoder(variant, {k: v for k, v in model.state_dict().items() if not _is_decoder_key(k)})
+    with torch.no_grad():
+        diff = _max_diff(model.forward_features(imgs), encoder.forward_features(imgs))
+    return Check(
+        variant,
+        "encoder features",
+        "timm",
+        "pass" if diff <= 1e-5 else "FAIL",
+        f"max abs diff {diff:.1e} (tolerance 1e-5)",
+    )
+
+
+def _check_random_init_loss(variant: str, model: MaskedAutoencoderViT, imgs: torch.Tensor) -> Check:
+    with torch.no_grad():
+        torch.manual_seed(0)
+        loss = model(imgs, mask_ratio=0.75)[0].item()
+    lo, hi = LOSS_RANGE
+    if variant != "large":
+        return Check(variant, "random-init loss", "-", "info", f"{loss:.4f} (a range is stated for ViT-L only)")
+    ok = lo <= loss <= hi and math.isfinite(loss)
+    return Check(
+        variant, "random-init loss", "expected range", "pass" if ok else "FAIL", f"{loss:.4f}, expected in [{lo}, {hi}]"
+    )
+
+
+def _check_official(variant: str, model: MaskedAutoencoderViT, imgs: torch.Tensor) -> list[Check]:
+    from reference import official
+
+    reason = official.skip_reason()
+    if reason:
+        return [Check(variant, "weights and forward", "official", "skip", reason)]
+    torch.manual_seed(0)
+    theirs = official.build_official(variant).eval()
+    sd_t, sd_o = theirs.state_dict(), model.state_dict()
+    same_weights = list(sd_t) == list(sd_o) and all(torch.equal(sd_t[k], sd_o[k]) for k in sd_t)
+    equal = True
+    for ratio in RATIOS:
+        with torch.no_grad():
+            torch.manual_seed(0)
+            a = model(imgs, mask_ratio=ratio)
+            torch.manual_seed(0)
+            b = theirs(imgs, mask_ratio=ratio)
+        equal &= all(_same(x, y) for x, y in zip(a, b, strict=True))
+    return [
+        Check(
+            variant,
+            "same-seed weights",
+            "official",
+            "pass" if same_weights else "FAIL",
+            f"{len(sd_t)} tensors bit-identical" if same_weights else "weights differ",
+        ),
+        Check(
+            variant,
+            "forward",
+            "official",
+            "pass" if equal else "FAIL",
+            "bit-equal at ratios " + "/".join(map(str, RATIOS)) if equal else "outputs differ",
+        ),
+    ]
+
+
+def verify_variant(variant: str, progress: Callable[[str], None]) -> list[Check]:
+    """Every check for one variant; builds the model with seed 0."""
+    name, label = VARIANTS[variant]
+    start = time.perf_counter()
+    torch.manual_seed(0)
+    model = create_model(name).eval()
+    progress(f"{label}: built {name} in {time.perf_counter() - start:.1f} s")
+    imgs = torch.randn(1, 3, 224, 224, generator=torch.Generator().manual_seed(0))
+    rows = _check_keys(variant, model)
+    if _installed("transformers"):
+        progress(f"{label}: forward against transformers")
+        rows += _check_transformers(variant, model, imgs)
+    else:
+        rows.append(Check(variant, "forward", "transformers", "skip", "not installed: pip install 'mae[verify]'"))
+    if _installed("timm"):
+        progress(f"{label}: encoder against timm")
+        rows.append(_check_timm(variant, model, imgs))
+    else:
+        rows.append(Check(variant, "encoder features", "timm", "skip", "not installed: pip install 'mae[verify]'"))
+    rows.append(_check_random_init_loss(variant, model, imgs))
+    progress(f"{label}: official code")
+    rows += _check_official(variant, model, imgs)
+    progress(f"{label}: done in {time.perf_counter() - start:.1f} s")
+    return rows
+
+
+def format_table(rows: list[Check]) -> str:
+    """A Markdown table of the checks."""
+    lines = ["| variant | check | reference | result | detail |", "|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {VARIANTS[r.variant][1]} | {r.check} | {r.reference} | {r.status} | {r.detail} |")
+    return "\n".join(lines)
+
+
+def run(variants: list[str], report: Path | None = None) -> int:
+    """Run the checks, print the table, write the report; exit status 0 only if nothing failed."""
+
+    def progress(message: str) -> None:
+        print(f"[mae verify] {message}", file=sys.stderr, flush=True)
+
+    rows: list[Check] = []
+    for variant in variants:
+        rows += verify_variant(variant, progress)
+    table = format_table(rows)
+    print(table)
+    failed = [r for r in rows if r.status == "FAIL"]
+    parity_ran = any(r.reference in ("transformers", "timm", "official") and r.status != "skip" for r in rows)
+    if not parity_ran:
+        print("no reference is installed, so nothing was compared: pip install 'mae[verify]'", file=sys.stderr)
+    summary = (
+        f"{sum(r.status == 'pass' for r in rows)} passed, {len(failed)} failed, "
+        f"{sum(r.status == 'skip' for r in rows)} skipped"
+    )
+    print(summary)
+    if report is not None:
+        if report.suffix == ".json":
+            report.write_text(json.dumps([dataclasses.asdict(r) for r in rows], indent=2) + "\n")
+        else:
+            report.write_text(f"# mae verify\n\n{table}\n\n{summary}\n")
+    return 1 if failed or not parity_ran else 0

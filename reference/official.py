@@ -1,0 +1,131 @@
+"""Adapter to the official MAE code (facebookresearch/mae, CC-BY-NC 4.0), which is never copied here.
+
+Users who have a checkout set `MAE_OFFICIAL_REPO` to its path; this module imports `models_mae` from
+there and builds the official model. Two shims make the 2022 code run on current libraries, applied
+only while it is imported and built:
+- timm's `Block` no longer accepts `qk_scale` (the official code passes `qk_scale=None`): a subclass
+  drops that argument and is otherwise timm's Block, so construction draws the same random numbers;
+- numpy removed the alias `np.float` (used by `util/pos_embed.py`): it is set to the builtin `float`,
+  which is what it always meant.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import os
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+ENV_VAR = "MAE_OFFICIAL_REPO"
+FACTORIES = {
+    "base": "mae_vit_base_patch16_dec512d8b",
+    "large": "mae_vit_large_patch16_dec512d8b",
+    "huge": "mae_vit_huge_patch14_dec512d8b",
+}
+
+
+class OfficialRepoUnavailable(RuntimeError):
+    """The official checkout is not configured or not usable; the message says why."""
+
+
+def official_repo() -> Path | None:
+    """The checkout named by $MAE_OFFICIAL_REPO, or None when the variable is unset or empty."""
+    value = os.environ.get(ENV_VAR, "").strip()
+    return Path(value).expanduser() if value else None
+
+
+def skip_reason() -> str | None:
+    """Why the official reference cannot be used here (None when it can)."""
+    repo = official_repo()
+    if repo is None:
+        return f"official MAE code not configured: set {ENV_VAR} to a checkout of facebookresearch/mae"
+    if not (repo / "models_mae.py").is_file():
+        return f"{ENV_VAR}={repo} has no models_mae.py: point it at a checkout of facebookresearch/mae"
+    try:
+        import timm  # noqa: F401
+    except ImportError:
+        return "the official MAE code needs timm: pip install timm"
+    return None
+
+
+@contextlib.contextmanager
+def _shims() -> Iterator[None]:
+    import numpy as np
+    import timm.models.vision_transformer as tvt
+
+    original_block = tvt.Block
+    had_float = hasattr(np, "float")
+
+    class BlockAcceptingQkScale(original_block):  # type: ignore[misc, valid-type]
+        def __init__(self, *args: Any, qk_scale: Any = None, **kwargs: Any) -> None:
+            if qk_scale is not None:
+                raise ValueError("the shim only supports qk_scale=None, which is what the official code passes")
+            super().__init__(*args, **kwargs)
+
+    setattr(tvt, "Block", BlockAcceptingQkScale)  # noqa: B010  (a module attribute swapped for a while)
+    if not had_float:
+        setattr(np, "float", float)  # noqa: B010
+    try:
+        yield
+    finally:
+        setattr(tvt, "Block", original_block)  # noqa: B010
+        if not had_float:
+            delattr(np, "float")
+
+
+_module: ModuleType | None = None
+
+
+def _models_mae() -> ModuleType:
+    """Import the official `models_mae` from the checkout (once), under the shims."""
+    global _module
+    if _module is not None:
+        return _module
+    reason = skip_reason()
+    if reason:
+        raise OfficialRepoUnavailable(reason)
+    repo = str(official_repo())
+    # The checkout's own `util` package would shadow others: import it, then take its names back out of
+    # sys.modules so nothing else in this process sees them.
+    saved = {name: sys.modules.pop(name) for name in list(sys.modules) if name == "util" or name.startswith("util.")}
+    sys.path.insert(0, repo)
+    try:
+        with _shims():
+            module = importlib.import_module("models_mae")
+    finally:
+        sys.path.remove(repo)
+        for name in [n for n in sys.modules if n in ("models_mae", "util") or n.startswith("util.")]:
+            del sys.modules[name]
+        sys.modules.update(saved)
+    _module = module
+    return module
+
+
+def build_official(variant: str, **kwargs: Any) -> Any:
+    """The official `models_mae.mae_vit_<variant>_*_dec512d8b(**kwargs)` model (random init).
+
+    The shims stay active while it is built (its pos-embed code calls `np.float` at build time).
+    """
+    if variant not in FACTORIES:
+        raise ValueError(f"unknown variant {variant!r}; valid: {', '.join(FACTORIES)}")
+    module = _models_mae()
+    with _shims():
+        return getattr(module, FACTORIES[variant])(**kwargs)
+
+
+def build_official_custom(**kwargs: Any) -> Any:
+    """The official `models_mae.MaskedAutoencoderViT(**kwargs)` for any configuration (random init)."""
+    module = _models_mae()
+    with _shims():
+        return module.MaskedAutoencoderViT(**kwargs)
+
+
+def official_sincos(embed_dim: int, grid_size: int, cls_token: bool = False) -> Any:
+    """The official `util.pos_embed.get_2d_sincos_pos_embed` (numpy float64 array)."""
+    module = _models_mae()
+    with _shims():
+        return module.get_2d_sincos_pos_embed(embed_dim, grid_size, cls_token=cls_token)

@@ -1,0 +1,43 @@
+"""Helpers shared by the tests: cached full-size models and small configurations."""
+
+from __future__ import annotations
+
+import torch
+
+import mae
+
+VARIANTS = {
+    "base": "mae_vit_base_patch16",
+    "large": "mae_vit_large_patch16",
+    "huge": "mae_vit_huge_patch14",
+}
+
+_built: dict[str, mae.MaskedAutoencoderViT] = {}
+
+
+def full_model(variant: str) -> mae.MaskedAutoencoderViT:
+    """A full-size model of `variant`, built once per test process with seed 0 (eval mode).
+
+    Tests that use it are grouped per variant (`xdist_group`), so each worker builds each size once.
+    """
+    if variant not in _built:
+        torch.manual_seed(0)
+        _built[variant] = mae.create_model(VARIANTS[variant]).eval()
+    return _built[variant]
+
+
+def small_config(**overrides: object) -> mae.MAEConfig:
+    """A tiny MAE configuration for fast tests."""
+    base = dict(
+        img_size=32,
+        patch_size=8,
+        in_chans=3,
+        embed_dim=32,
+        depth=2,
+        num_heads=4,
+        decoder_embed_dim=16,
+        decoder_depth=1,
+        decoder_num_heads=2,
+    )
+    base.update(overrides)
+    return mae.MAEConfig(**base)  # type: ignore[arg-type]
