@@ -8,9 +8,11 @@ loss, pred, mask = model(imgs)          # imgs: [N, 3, 224, 224]
 from __future__ import annotations
 
 from .attention import set_fused_attn
+from .checkpoint import CheckpointError, CheckpointInfo, inspect_checkpoint
 from .config import MAEConfig
 from .decoder import MAEDecoder
 from .encoder import MAEEncoder
+from .loading import LoadReport
 from .mae import MaskedAutoencoderViT
 from .models import (
     MAEViTBase,
@@ -29,6 +31,9 @@ from .models import (
 __version__ = "0.1.0"
 
 __all__ = [
+    "CheckpointError",
+    "CheckpointInfo",
+    "LoadReport",
     "MAEConfig",
     "MAEDecoder",
     "MAEEncoder",
@@ -37,6 +42,7 @@ __all__ = [
     "MAEViTLarge",
     "MaskedAutoencoderViT",
     "create_model",
+    "inspect_checkpoint",
     "list_models",
     "mae_vit_base_patch16",
     "mae_vit_base_patch16_dec512d8b",

@@ -12,7 +12,8 @@ blocks.*, norm.*.
 from __future__ import annotations
 
 from functools import partial
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor, nn
@@ -23,12 +24,17 @@ from .patch_embed import PatchEmbed
 from .pos_embed import get_2d_sincos_pos_embed
 from .transformer import Block, init_official
 
+if TYPE_CHECKING:
+    from .loading import LoadReport
+
 
 class MAEEncoder(nn.Module):
     """ViT encoder of an MAE: images [N, C, H, W] -> visible-token features [N, 1 + K, D].
 
     Build it from an `MAEConfig` and/or keyword overrides: `MAEEncoder(embed_dim=768, depth=12, ...)`.
     """
+
+    load_report: LoadReport | None = None  # what the last `load_pretrained` loaded
 
     def __init__(self, config: MAEConfig | None = None, **overrides: Any) -> None:
         super().__init__()
@@ -65,6 +71,17 @@ class MAEEncoder(nn.Module):
         """Re-initialise with the official recipe (draws random numbers in the official order)."""
         self._init_encoder_tokens()
         self._init_encoder_layers()
+
+    def load_pretrained(self, path: str | Path, *, interpolate_pos_embed: bool = False) -> LoadReport:
+        """Load a checkpoint file strictly and say what was loaded (see `mae.loading`).
+
+        Accepts the official files and their other spellings (transformers, timm, safetensors, DDP or
+        torch.compile prefixes). Raises `mae.CheckpointError` naming the file, the problem and the fix;
+        after a failed load the parameters are unchanged.
+        """
+        from .loading import load_into
+
+        return load_into(self, path, interpolate_pos_embed=interpolate_pos_embed)
 
     def random_masking(
         self, x: Tensor, mask_ratio: float, noise: Tensor | None = None

@@ -7,6 +7,7 @@ See `README.md` in this folder for the comparison table.
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from ..mae import MaskedAutoencoderViT
@@ -29,16 +30,34 @@ def list_models() -> list[str]:
     return sorted(_REGISTRY)
 
 
-def create_model(name: str, **overrides: Any) -> MaskedAutoencoderViT:
-    """Build a registered variant with the official initialisation, e.g.
-    `create_model("mae_vit_large_patch16", norm_pix_loss=True, img_size=448)`.
+def create_model(
+    name: str,
+    *,
+    checkpoint_path: str | Path | None = None,
+    interpolate_pos_embed: bool = False,
+    **overrides: Any,
+) -> MaskedAutoencoderViT:
+    """Build a registered variant, e.g. `create_model("mae_vit_large_patch16", norm_pix_loss=True)`.
+
+    Without `checkpoint_path`: the official random initialisation. With it: the fast path (timm's
+    convention) builds on the meta device, memory-maps the file and takes its tensors as the weights,
+    with the checks of `load_pretrained`; `model.load_report` says what was loaded. An encoder-only file
+    leaves the decoder with the official random initialisation (the report warns).
 
     Keyword overrides are `MAEConfig` fields. An unknown name or field raises ValueError listing the
-    valid ones.
+    valid ones; a checkpoint that does not fit raises `mae.CheckpointError`.
     """
     if name not in _REGISTRY:
         raise ValueError(f"unknown model {name!r}; valid names: {', '.join(list_models())}")
-    return _REGISTRY[name](**overrides)
+    if checkpoint_path is None:
+        return _REGISTRY[name](**overrides)
+    from ..loading import create_from_checkpoint
+
+    model = create_from_checkpoint(
+        _REGISTRY[name], checkpoint_path, interpolate_pos_embed=interpolate_pos_embed, **overrides
+    )
+    assert isinstance(model, MaskedAutoencoderViT)
+    return model
 
 
 __all__ = [
