@@ -40,6 +40,9 @@ KNOWN_VARIANTS = {
 }
 
 
+TRANSFORMERS_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
+
+
 class CheckpointError(ValueError):
     """A checkpoint cannot be used as asked. The message names the file, the problem and the fix."""
 
@@ -52,11 +55,24 @@ class CheckpointError(ValueError):
 
 
 def read_file(path: str | Path) -> tuple[dict[str, Tensor], str]:
-    """The raw state dict of a file and a description of its container. Never runs code from the file."""
+    """The raw state dict of a file and a description of its container. Never runs code from the file.
+
+    A directory is read as a transformers save folder: its `model.safetensors` or `pytorch_model.bin`.
+    """
     path = Path(path)
+    if path.is_dir():
+        inside = [path / n for n in TRANSFORMERS_WEIGHT_FILES if (path / n).is_file()]
+        if not inside:
+            raise CheckpointError(
+                path,
+                f"is a directory without {' or '.join(TRANSFORMERS_WEIGHT_FILES)}.",
+                "Pass the checkpoint file itself, or a transformers save folder.",
+            )
+        path = inside[0]
     if not path.is_file():
-        where = "a directory, not a file" if path.is_dir() else "no such file"
-        raise CheckpointError(path, f"{where}.", "Check the path, or fetch an official file with `mae download NAME`.")
+        raise CheckpointError(
+            path, "no such file.", "Check the path, or fetch an official file with `mae download NAME`."
+        )
     with open(path, "rb") as f:
         magic = f.read(8)
     if path.suffix == ".safetensors" or (len(magic) == 8 and magic[:2] != b"PK" and _looks_like_safetensors(path)):
@@ -175,6 +191,39 @@ _TRANSFORMERS_LAYER = re.compile(
     r"^(vit\.layers|vit\.encoder\.layer|decoder\.decoder_layers)\.(\d+)\.(.+)\.(weight|bias)$"
 )
 _STACK = {"vit.layers": "blocks", "vit.encoder.layer": "blocks", "decoder.decoder_layers": "decoder_blocks"}
+
+
+def official_to_transformers(state_dict: dict[str, Tensor]) -> dict[str, Tensor]:
+    """Official keys -> transformers 5.x `ViTMAEForPreTraining` keys; the fused qkv is split into q, k, v.
+
+    For an encoder-only state dict, the keys of a `ViTMAEModel` (no `vit.` prefix) are returned.
+    """
+    top = {official: hf for hf, official in _TRANSFORMERS_TOP.items()}
+    block = {"norm1": "layernorm_before", "norm2": "layernorm_after", "attn.proj": "attention.o_proj"}
+    stacks = {"blocks": "vit.layers", "decoder_blocks": "decoder.decoder_layers"}
+    out: dict[str, Tensor] = {}
+    for key, value in state_dict.items():
+        if key in top:
+            out[top[key]] = value
+            continue
+        m = _OFFICIAL_LAYER.match(key)
+        if m is None:
+            raise KeyError(f"not an official MAE key: {key!r}")
+        stack, index, name, kind = m.groups()
+        prefix = f"{stacks[stack]}.{index}"
+        if name == "attn.qkv":
+            for part, chunk in zip(("q_proj", "k_proj", "v_proj"), value.chunk(3, dim=0), strict=True):
+                out[f"{prefix}.attention.{part}.{kind}"] = chunk
+        else:
+            out[f"{prefix}.{block.get(name, name)}.{kind}"] = value
+    if not any(k.startswith("decoder.") for k in out):
+        out = {k.removeprefix("vit."): v for k, v in out.items()}
+    return out
+
+
+_OFFICIAL_LAYER = re.compile(
+    r"^(blocks|decoder_blocks)\.(\d+)\.(norm1|norm2|attn\.qkv|attn\.proj|mlp\.fc1|mlp\.fc2)\.(weight|bias)$"
+)
 
 
 def strip_prefixes(state_dict: dict[str, Tensor]) -> tuple[dict[str, Tensor], list[str]]:

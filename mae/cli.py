@@ -1,8 +1,11 @@
-"""The `mae` command line (also `python -m mae`)."""
+"""The `mae` command line (also `python -m mae`): verify, inspect, convert, download."""
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import json
+import logging
 import sys
 from pathlib import Path
 
@@ -14,9 +17,94 @@ def _verify(args: argparse.Namespace) -> int:
     return verify.run(variants, args.report)
 
 
+def _inspect(args: argparse.Namespace) -> int:
+    from .checkpoint import inspect_checkpoint
+
+    info = inspect_checkpoint(args.file)
+    if args.json:
+        record = dataclasses.asdict(info)
+        record["official"] = dataclasses.asdict(info.official) if info.official else None
+        print(json.dumps(record, indent=2, default=str))
+        return 0
+    print(format_info(info, Path(args.file)))
+    return 0
+
+
+def format_info(info: object, path: Path) -> str:
+    """The human-readable `mae inspect` text."""
+    from .checkpoint import CheckpointInfo
+
+    assert isinstance(info, CheckpointInfo)
+    size = path.stat().st_size if path.is_file() else sum(p.stat().st_size for p in path.iterdir())
+    holds = {
+        "full": "encoder + decoder",
+        "encoder": "encoder only (no decoder: reconstructions need a full file)",
+        "classifier": "a fine-tuned classifier (head, fc_norm): not an MAE pre-training checkpoint",
+        "decoder": "a decoder without its encoder",
+        "unknown": "no recognisable MAE weights",
+    }[info.kind]
+    human = f"{size / 1e9:.2f} GB" if size >= 1e8 else f"{size / 1e6:.1f} MB" if size >= 1e5 else f"{size} bytes"
+    lines = [
+        f"file:          {path} ({human})",
+        f"holds:         {holds}",
+        f"tensors:       {info.num_tensors} ({info.num_parameters:,} values; {', '.join(info.dtypes)})",
+        f"architecture:  {info.describe()}"
+        + (f"; decoder {info.decoder_depth} blocks, dim {info.decoder_embed_dim}" if info.decoder_embed_dim else ""),
+        f"layout:        {info.layout}"
+        + (f", {info.container}" if info.container else "")
+        + (f"; prefixes removed: {', '.join(info.removed_prefixes)}" if info.removed_prefixes else ""),
+    ]
+    if info.official:
+        o = info.official
+        lines.append(f"official file: {o.name}, {o.family} family" + (f" ({o.note})" if o.note else ""))
+    target = info.norm_pix_loss
+    lines.append(
+        "target:        "
+        + (
+            "unknown: the file name does not tell; choose norm_pix_loss yourself"
+            if target is None
+            else f"norm_pix_loss={target} (from the official file name)"
+        )
+    )
+    if info.model_name and info.kind in ("full", "encoder"):
+        extra = ", norm_pix_loss=True" if target else ""
+        lines.append(f"load with:     mae.create_model('{info.model_name}', checkpoint_path='{path}'{extra})")
+    return "\n".join(lines)
+
+
+def _convert(args: argparse.Namespace) -> int:
+    from .convert import convert
+
+    out = convert(
+        args.source,
+        args.destination,
+        args.to,
+        num_heads=args.num_heads,
+        decoder_num_heads=args.decoder_num_heads,
+        overwrite=args.force,
+    )
+    print(f"wrote {out}")
+    return 0
+
+
+def _download(args: argparse.Namespace) -> int:
+    from .download import download
+    from .files import OFFICIAL_FILES
+
+    if args.list or not args.name:
+        for f in OFFICIAL_FILES.values():
+            md5 = f"md5 {f.md5_prefix}..." if f.md5_prefix else "no published md5"
+            print(f"{f.name:40s} {f.family:14s} {f.contents:10s} {md5}")
+        return 0 if args.list else 2
+    path = download(args.name, args.dir, url=args.url, md5_prefix=args.md5, progress=not args.quiet)
+    print(path)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mae", description="Masked Autoencoders (He et al., 2022) in PyTorch.")
     commands = parser.add_subparsers(dest="command", required=True)
+
     p = commands.add_parser(
         "verify",
         help="prove this implementation equal to the installed references",
@@ -26,12 +114,47 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--variant", choices=["base", "large", "huge", "all"], default="all")
     p.add_argument("--report", type=Path, help="also write the table to FILE (.json for JSON, else Markdown)")
     p.set_defaults(func=_verify)
+
+    p = commands.add_parser("inspect", help="say what a checkpoint file holds, without building a model")
+    p.add_argument("file", type=Path)
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=_inspect)
+
+    p = commands.add_parser(
+        "convert",
+        help="convert a checkpoint: official .pth, .safetensors, or a transformers folder",
+        description="The output format follows DESTINATION (.pth: official; .safetensors; anything else: a "
+        "transformers folder) unless --to is given.",
+    )
+    p.add_argument("source", type=Path)
+    p.add_argument("destination", type=Path)
+    p.add_argument("--to", choices=["official", "safetensors", "transformers"])
+    p.add_argument("--num-heads", type=int, help="encoder heads (needed for non-official architectures)")
+    p.add_argument("--decoder-num-heads", type=int, help="decoder heads (default 16, as every official decoder)")
+    p.add_argument("--force", action="store_true", help="overwrite DESTINATION")
+    p.set_defaults(func=_convert)
+
+    p = commands.add_parser("download", help="download an official checkpoint (resumable, checksummed)")
+    p.add_argument("name", nargs="?", help="an official file name, e.g. mae_visualize_vit_large.pth")
+    p.add_argument("--dir", type=Path, help="destination folder (default: $MAE_HOME, else ./data)")
+    p.add_argument("--url", help="download from this URL instead of the official one (a mirror)")
+    p.add_argument("--md5", help="expected md5 (or its prefix), overriding the published one")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--list", action="store_true", help="list the official files")
+    p.set_defaults(func=_download)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return int(args.func(args))
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    from .checkpoint import CheckpointError
+
+    try:
+        return int(args.func(args))
+    except (CheckpointError, ValueError, FileExistsError, RuntimeError) as e:
+        print(f"mae {args.command}: error: {e}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

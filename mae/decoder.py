@@ -50,6 +50,8 @@ class MAEDecoder(nn.Module):
     @torch.no_grad()
     def _init_decoder_tokens(self) -> None:
         """Fixed sin-cos table and mask token (the decoder's share of the official recipe)."""
+        if self.mask_token.is_meta:
+            return  # built on the meta device: sizes only, nothing to compute or draw
         table = get_2d_sincos_pos_embed(self.decoder_pos_embed.shape[-1], self.config.grid_size, cls_token=True)
         self.decoder_pos_embed.copy_(table)
         nn.init.normal_(self.mask_token, std=0.02)

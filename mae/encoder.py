@@ -56,6 +56,8 @@ class MAEEncoder(nn.Module):
     @torch.no_grad()
     def _init_encoder_tokens(self) -> None:
         """Fixed sin-cos table; patch projection and class token (the encoder's share of the official recipe)."""
+        if self.cls_token.is_meta:
+            return  # built on the meta device: sizes only, nothing to compute or draw
         self.pos_embed.copy_(get_2d_sincos_pos_embed(self.pos_embed.shape[-1], self.config.grid_size, cls_token=True))
         # Khởi tạo phép chiếu patch như một nn.Linear (xavier trên dạng phẳng [D, C*p*p]), không như Conv2d.
         w = self.patch_embed.proj.weight

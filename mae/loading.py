@@ -165,7 +165,7 @@ def _plan(
         if not tensor.is_floating_point():
             raise CheckpointError(path, f"tensor {key} is {tensor.dtype}, not floating point.", "The file is corrupt.")
         to_load[key] = tensor
-    bad = [k for k, t in to_load.items() if not bool(torch.isfinite(t).all())]
+    bad = [k for k, t in to_load.items() if not _finite(t)]
     if bad:
         raise CheckpointError(
             path, f"has NaN or infinite values in {len(bad)} tensor(s): {', '.join(bad[:5])}.", "The file is corrupt."
@@ -217,6 +217,15 @@ def _plan(
         norm_pix_loss=info.norm_pix_loss,
     )
     return to_load, report
+
+
+def _finite(t: Tensor) -> bool:
+    """No NaN or infinity in `t`. One reduction pass and no tensor-sized temporary: min and max are NaN
+    if any element is, and infinite if any element is."""
+    if t.numel() == 0:
+        return True
+    low, high = torch.aminmax(t)
+    return bool(torch.isfinite(low) and torch.isfinite(high))
 
 
 def load_into(

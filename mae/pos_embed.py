@@ -17,7 +17,7 @@ from torch import Tensor
 def _sincos_1d(embed_dim: int, positions: Tensor) -> Tensor:
     """[M] float64 positions -> [M, embed_dim] table laid out as [sin | cos]."""
     # Tần số giảm dần theo cấp số nhân, giống mã hoá vị trí của Transformer gốc: omega_i = 1 / 10000^(i / (D/2)).
-    omega = torch.arange(embed_dim // 2, dtype=torch.float64) / (embed_dim / 2.0)
+    omega = torch.arange(embed_dim // 2, dtype=torch.float64, device="cpu") / (embed_dim / 2.0)
     omega = 1.0 / 10000**omega  # [D/2]
     out = positions[:, None] * omega[None, :]  # [M, D/2], tích ngoài vị trí x tần số
     return torch.cat([out.sin(), out.cos()], dim=1)  # [M, D]
@@ -37,13 +37,14 @@ def get_2d_sincos_pos_embed(
     if embed_dim % 4:
         raise ValueError(f"embed_dim ({embed_dim}) must be divisible by 4 for a 2-D sin-cos table")
     h, w = (grid_size, grid_size) if isinstance(grid_size, int) else grid_size
-    rows = torch.arange(h, dtype=torch.float64).repeat_interleave(w)  # [h*w]: 0,0,..,1,1,..
-    cols = torch.arange(w, dtype=torch.float64).repeat(h)  # [h*w]: 0,1,..,0,1,..
+    # Always on the CPU (a model built under `torch.device("meta")` still gets a real table).
+    rows = torch.arange(h, dtype=torch.float64, device="cpu").repeat_interleave(w)  # [h*w]: 0,0,..,1,1,..
+    cols = torch.arange(w, dtype=torch.float64, device="cpu").repeat(h)  # [h*w]: 0,1,..,0,1,..
     # Nửa đầu các kênh mã hoá chỉ số cột, nửa sau mã hoá chỉ số hàng (đúng bố cục của bảng gốc).
     table = torch.cat([_sincos_1d(embed_dim // 2, cols), _sincos_1d(embed_dim // 2, rows)], dim=1)
     if cls_token:
         # Token [CLS] không có vị trí trên lưới: hàng 0 bằng 0.
-        table = torch.cat([torch.zeros(1, embed_dim, dtype=torch.float64), table], dim=0)
+        table = torch.cat([torch.zeros(1, embed_dim, dtype=torch.float64, device="cpu"), table], dim=0)
     return table.to(dtype)
 
 

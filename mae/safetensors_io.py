@@ -9,6 +9,7 @@ Nothing in a safetensors file can run code.
 
 from __future__ import annotations
 
+import ctypes
 import json
 import math
 import os
@@ -124,8 +125,6 @@ def save_file(tensors: dict[str, Tensor], path: str | os.PathLike[str], metadata
             raise ValueError(f"tensor {name!r}: dtype {tensor.dtype} cannot be stored in safetensors")
         data = tensor.detach().to("cpu").contiguous()
         nbytes = data.numel() * data.element_size()
-        if data.storage_offset() or data.untyped_storage().nbytes() != nbytes:
-            data = data.clone()  # a view into a larger storage: write only its own bytes
         entry = {"dtype": NAMES[data.dtype], "shape": list(data.shape), "data_offsets": [offset, offset + nbytes]}
         header[name] = entry
         ordered.append(data)
@@ -138,4 +137,6 @@ def save_file(tensors: dict[str, Tensor], path: str | os.PathLike[str], metadata
         f.write(struct.pack("<Q", len(raw)))
         f.write(raw)
         for data in ordered:
-            f.write(bytes(data.untyped_storage()))
+            if data.numel():
+                # The tensor's own bytes, written straight from its memory (no copy, no numpy).
+                f.write((ctypes.c_ubyte * (data.numel() * data.element_size())).from_address(data.data_ptr()))

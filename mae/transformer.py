@@ -49,9 +49,12 @@ def init_official(module: nn.Module) -> None:
     """The official initialisation of every Linear and LayerNorm inside `module`.
 
     Linear: xavier-uniform weight (following the JAX ViT), zero bias. LayerNorm: weight 1, bias 0.
-    Linears are visited in registration order, so the random draws come in the official order.
+    Linears are visited in registration order, so the random draws come in the official order. Meta
+    tensors (a model built for its sizes only) are left alone.
     """
     for m in module.modules():
+        if any(p.is_meta for p in m.parameters(recurse=False)):
+            continue
         if isinstance(m, nn.Linear):
             # Xavier-uniform như ViT bản JAX (không dùng khởi tạo mặc định của PyTorch).
             nn.init.xavier_uniform_(m.weight)

@@ -7,7 +7,10 @@ For each variant it checks, against every reference that is installed:
   0.75 / 0 / 0.9 and both reconstruction targets;
 - encoder: full-image features against timm within 1e-5;
 - random-init loss: ViT-L on a noise image lands in [1.6, 1.95] (about 1.74) and equals transformers';
-- official: with $MAE_OFFICIAL_REPO set, the same seed gives bit-identical weights and outputs.
+- official: with $MAE_OFFICIAL_REPO set, the same seed gives bit-identical weights and outputs;
+- checkpoints in data/ ($MAE_HOME): the loss of the official ViT-L files on the same noise image,
+  encoder-only about 1.87 (the decoder is random) and full about 1.0; skipped, with the download
+  command, when the files are absent.
 
 The references live in the repository's `reference/` package and need the `verify` extra
 (transformers, timm); they are imported here only.
@@ -28,6 +31,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from .files import data_dir
 from .mae import MaskedAutoencoderViT
 from .models import create_model
 
@@ -40,6 +44,12 @@ VARIANTS = {
 KEY_COUNTS = {"base": (254, 150, 104), "large": (398, 294, 104), "huge": (494, 390, 104)}
 PARAM_COUNTS = {"base": 111_907_840, "large": 329_541_888, "huge": 657_074_508}
 LOSS_RANGE = (1.6, 1.95)  # random-init ViT-L on a noise image, ratio 0.75, pixel target: about 1.74
+# The official ViT-L files on the same noise image (the project's loss table):
+# file -> (row label, expected range, model name).
+CHECKPOINT_LOSSES = {
+    "mae_pretrain_vit_large.pth": ("encoder-only checkpoint loss", (1.7, 2.05), "mae_vit_large_patch16"),  # ~1.87
+    "mae_visualize_vit_large.pth": ("full checkpoint loss", (0.85, 1.15), "mae_vit_large_patch16"),  # ~1.0
+}
 RATIOS = (0.75, 0.0, 0.9)
 
 
@@ -234,6 +244,38 @@ def _check_official(variant: str, model: MaskedAutoencoderViT, imgs: torch.Tenso
     ]
 
 
+def noise_image() -> torch.Tensor:
+    """The verification input: a 1x3x224x224 standard-normal image, seed 0."""
+    return torch.randn(1, 3, 224, 224, generator=torch.Generator().manual_seed(0))
+
+
+def checkpoint_loss(path: Path, name: str) -> float:
+    """Loss of a checkpoint on the noise image (ratio 0.75, seed 0; a missing decoder is drawn with seed 0)."""
+    torch.manual_seed(0)
+    model = create_model(name, checkpoint_path=path).eval()
+    with torch.no_grad():
+        torch.manual_seed(0)
+        return float(model(noise_image(), mask_ratio=0.75)[0])
+
+
+def _check_checkpoints(variant: str, progress: Callable[[str], None]) -> list[Check]:
+    rows = []
+    for file, (label, (lo, hi), model_name) in CHECKPOINT_LOSSES.items():
+        path = data_dir() / file
+        if not path.is_file():
+            rows.append(Check(variant, label, file, "skip", f"{path} not found: mae download {file}"))
+            continue
+        progress(f"{VARIANTS[variant][1]}: loss of {path}")
+        try:
+            loss = checkpoint_loss(path, model_name)
+        except ValueError as e:  # CheckpointError
+            rows.append(Check(variant, label, file, "FAIL", str(e)))
+            continue
+        ok = lo <= loss <= hi
+        rows.append(Check(variant, label, file, "pass" if ok else "FAIL", f"{loss:.4f}, expected in [{lo}, {hi}]"))
+    return rows
+
+
 def verify_variant(variant: str, progress: Callable[[str], None]) -> list[Check]:
     """Every check for one variant; builds the model with seed 0."""
     name, label = VARIANTS[variant]
@@ -241,7 +283,7 @@ def verify_variant(variant: str, progress: Callable[[str], None]) -> list[Check]
     torch.manual_seed(0)
     model = create_model(name).eval()
     progress(f"{label}: built {name} in {time.perf_counter() - start:.1f} s")
-    imgs = torch.randn(1, 3, 224, 224, generator=torch.Generator().manual_seed(0))
+    imgs = noise_image()
     rows = _check_keys(variant, model)
     if _installed("transformers"):
         progress(f"{label}: forward against transformers")
@@ -256,6 +298,9 @@ def verify_variant(variant: str, progress: Callable[[str], None]) -> list[Check]
     rows.append(_check_random_init_loss(variant, model, imgs))
     progress(f"{label}: official code")
     rows += _check_official(variant, model, imgs)
+    if variant == "large":
+        del model
+        rows += _check_checkpoints(variant, progress)
     progress(f"{label}: done in {time.perf_counter() - start:.1f} s")
     return rows
 

@@ -45,3 +45,91 @@ def test_a_failing_check_fails_the_run(monkeypatch: pytest.MonkeyPatch, tmp_path
 def test_help_lists_verify() -> None:
     done = subprocess.run([sys.executable, "-m", "mae", "--help"], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0 and "verify" in done.stdout
+
+
+FIXTURE = Path(__file__).resolve().parent.parent / "fixtures" / "tiny_rgb.pth"
+
+
+def run_mae(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "mae", *args], capture_output=True, text=True, timeout=300)
+
+
+def test_inspect_says_what_a_file_holds(tmp_path: Path) -> None:
+    import shutil
+
+    path = tmp_path / "mae_pretrain_vit_large_full.pth"  # an official name: the target is known
+    shutil.copy(FIXTURE, path)
+    done = run_mae("inspect", str(path))
+    assert done.returncode == 0, done.stderr
+    assert "holds:         encoder + decoder" in done.stdout
+    assert "tensors:       50 (39,616 values; float32)" in done.stdout
+    assert "official file: mae_pretrain_vit_large_full.pth, pretrain-full family" in done.stdout
+    assert "target:        norm_pix_loss=True (from the official file name)" in done.stdout
+    record = json.loads(run_mae("inspect", "--json", str(path)).stdout)
+    assert (record["kind"], record["num_tensors"], record["embed_dim"], record["depth"]) == ("full", 50, 32, 2)
+
+
+def test_inspect_refuses_a_malicious_file(tmp_path: Path) -> None:
+    import os
+
+    class Payload:
+        def __reduce__(self) -> tuple[object, tuple[str]]:
+            return (os.system, (f"touch {tmp_path / 'PWNED'}",))
+
+    import torch
+
+    torch.save({"model": Payload()}, tmp_path / "evil.pth")
+    done = run_mae("inspect", str(tmp_path / "evil.pth"))
+    assert done.returncode == 1 and "refused to load" in done.stderr
+    assert not (tmp_path / "PWNED").exists()
+
+
+def test_convert_round_trip_through_the_command(tmp_path: Path) -> None:
+    import torch
+
+    done = run_mae("convert", str(FIXTURE), str(tmp_path / "w.safetensors"))
+    assert done.returncode == 0 and "wrote" in done.stdout, done.stderr
+    done = run_mae("convert", str(tmp_path / "w.safetensors"), str(tmp_path / "back.pth"))
+    assert done.returncode == 0, done.stderr
+    a = torch.load(FIXTURE, weights_only=True)["model"]
+    b = torch.load(tmp_path / "back.pth", weights_only=True)["model"]
+    assert list(a) == list(b) and all(torch.equal(a[k], b[k]) for k in a)
+    again = run_mae("convert", str(FIXTURE), str(tmp_path / "back.pth"))
+    assert again.returncode == 1 and "exists" in again.stderr
+
+
+def test_download_through_the_command_from_a_loopback_server(tmp_path: Path) -> None:
+    import functools
+    import hashlib
+    import http.server
+    import threading
+
+    served = tmp_path / "served"
+    served.mkdir()
+    payload = FIXTURE.read_bytes()
+    (served / "mae_visualize_vit_large.pth").write_bytes(payload)
+
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Quiet, directory=str(served)))
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/mae_visualize_vit_large.pth"
+        md5 = hashlib.md5(payload).hexdigest()[:6]
+        done = run_mae("download", "mae_visualize_vit_large.pth", "--url", url, "--dir", str(tmp_path / "d"),
+                       "--md5", md5, "--quiet")  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        assert (tmp_path / "d" / "mae_visualize_vit_large.pth").read_bytes() == payload
+        assert sorted(p.name for p in (tmp_path / "d").iterdir()) == ["mae_visualize_vit_large.pth"]
+        bad = run_mae("download", "other.pth", "--url", url, "--dir", str(tmp_path / "e"), "--md5", "000000", "--quiet")
+        assert bad.returncode == 1 and "md5" in bad.stderr
+        assert not (tmp_path / "e" / "other.pth").exists()
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)
+    listing = run_mae("download", "--list")
+    assert listing.returncode == 0 and "mae_pretrain_vit_large.pth" in listing.stdout and "b8b06e" in listing.stdout

@@ -1,0 +1,1 @@
+"""Benchmarks: speed and memory measured against the references in the same run (never timed tests)."""
