@@ -319,8 +319,10 @@ class CheckpointInfo:
 
 
 def _block_count(keys: list[str], stack: str) -> int | None:
-    """Blocks in a stack, counted by their attention projections (stray keys do not add blocks)."""
-    indices = [int(m.group(1)) for k in keys if (m := re.match(rf"^{stack}\.(\d+)\.attn\.qkv\.weight$", k))]
+    """Blocks in a stack, counted by their known parts (a stray key does not add a block; a block missing
+    one part still counts, so the load can say which tensor is missing)."""
+    part = r"(norm1|norm2|attn\.qkv|attn\.proj|mlp\.fc1|mlp\.fc2)\.(weight|bias)"
+    indices = [int(m.group(1)) for k in keys if (m := re.match(rf"^{stack}\.(\d+)\.{part}$", k))]
     return max(indices) + 1 if indices else None
 
 

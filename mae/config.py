@@ -30,6 +30,7 @@ class MAEConfig:
     mlp_ratio: float = 4.0  # hidden width of every MLP = int(dim * mlp_ratio), as in the official Block
     norm_pix_loss: bool = False  # per-patch normalised pixels as the target (§3, Table 1c)
     norm_eps: float = 1e-6  # every LayerNorm of the official model (torch's default 1e-5 would differ)
+    drop_path_rate: float = 0.0  # stochastic depth of the encoder blocks: fine-tuning only (pre-training uses none)
 
     def __post_init__(self) -> None:
         for name in (
@@ -78,6 +79,8 @@ class MAEConfig:
             raise ValueError(f"norm_pix_loss must be a bool; got {self.norm_pix_loss!r}")
         if not isinstance(self.norm_eps, float) or not self.norm_eps > 0:
             raise ValueError(f"norm_eps must be a positive float; got {self.norm_eps!r}")
+        if not isinstance(self.drop_path_rate, (int, float)) or not 0.0 <= self.drop_path_rate < 1.0:
+            raise ValueError(f"drop_path_rate must be in [0, 1); got {self.drop_path_rate!r}")
 
     @property
     def grid_size(self) -> int:

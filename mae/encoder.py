@@ -50,7 +50,11 @@ class MAEEncoder(nn.Module):
         # Bảng vị trí sin-cos cố định (không học): requires_grad=False, như bản gốc.
         self.pos_embed = nn.Parameter(torch.zeros(1, c.num_patches + 1, c.embed_dim), requires_grad=False)
         norm_layer = partial(nn.LayerNorm, eps=c.norm_eps)
-        self.blocks = nn.ModuleList([Block(c.embed_dim, c.num_heads, c.mlp_ratio, norm_layer) for _ in range(c.depth)])
+        # Độ sâu ngẫu nhiên (chỉ khi fine-tune) tăng tuyến tính theo khối: khối cuối bị bỏ nhiều nhất.
+        rates = torch.linspace(0, c.drop_path_rate, c.depth, device="cpu").tolist()
+        self.blocks = nn.ModuleList(
+            [Block(c.embed_dim, c.num_heads, c.mlp_ratio, norm_layer, drop_path=rate) for rate in rates]
+        )
         self.norm = norm_layer(c.embed_dim)
 
     @torch.no_grad()

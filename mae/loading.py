@@ -62,6 +62,11 @@ class LoadReport:
         return line
 
 
+def _some(keys: list[str], shown: int = 5) -> str:
+    """The first few names of a list, for a message."""
+    return ", ".join(keys[:shown]) + (" ..." if len(keys) > shown else "")
+
+
 def _is_decoder_key(key: str) -> bool:
     return key.startswith("decoder_") or key == "mask_token"
 
@@ -122,9 +127,7 @@ def _plan(
     if missing_in_file:
         raise CheckpointError(
             path,
-            f"lacks {len(missing_in_file)} tensor(s) this model needs: {', '.join(missing_in_file[:5])}"
-            + (" ..." if len(missing_in_file) > 5 else "")
-            + ".",
+            f"lacks {len(missing_in_file)} tensor(s) this model needs: {_some(missing_in_file)}.",
             "The file is incomplete or of another architecture; `mae inspect FILE` shows what it holds.",
         )
     allowed_extra = [k for k in state_dict if _is_decoder_key(k)] if not wants_decoder else []
@@ -132,9 +135,7 @@ def _plan(
     if extra:
         raise CheckpointError(
             path,
-            f"has {len(extra)} tensor(s) this model does not: {', '.join(extra[:5])}"
-            + (" ..." if len(extra) > 5 else "")
-            + ".",
+            f"has {len(extra)} tensor(s) this model does not: {_some(extra)}.",
             "Nothing was loaded (loads are strict); `mae inspect FILE` shows what the file holds.",
         )
 
@@ -168,7 +169,7 @@ def _plan(
     bad = [k for k, t in to_load.items() if not _finite(t)]
     if bad:
         raise CheckpointError(
-            path, f"has NaN or infinite values in {len(bad)} tensor(s): {', '.join(bad[:5])}.", "The file is corrupt."
+            path, f"has NaN or infinite values in {len(bad)} tensor(s): {_some(bad)}.", "The file is corrupt."
         )
     dtypes = {t.dtype for t in to_load.values()}
     model_dtype = next(iter(targets.values())).dtype

@@ -4,7 +4,9 @@
   (transformers' default is 1e-12) and SDPA attention.
 - `official_to_hf(state_dict)` / `hf_to_official(state_dict)`: key conversion between the official
   layout (fused `qkv`) and transformers 5.x names (separate `q_proj` / `k_proj` / `v_proj`). The q/k/v
-  tensors are views of the fused one where possible (no copy).
+  tensors are views of the fused one where possible (no copy). Written apart from the library's own
+  conversion (`mae.checkpoint`) on purpose, so that the harness does not go through the code it checks;
+  `tests/test_checkpoint.py` holds the two equal.
 - `build_hf(config, state_dict)`: a transformers model holding exactly the given official weights,
   built on the meta device (no random initialisation) and filled strictly.
 - `hf_forward(model, imgs, mask_ratio, noise)`: (loss, pred, mask, ids_restore) like the official model.
