@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from .attention import set_fused_attn
 from .checkpoint import CheckpointError, CheckpointInfo, inspect_checkpoint
+from .classifier import VisionTransformer, param_groups_lrd, vit_base_patch16, vit_huge_patch14, vit_large_patch16
 from .config import MAEConfig
 from .decoder import MAEDecoder
 from .encoder import MAEEncoder
@@ -41,6 +42,7 @@ __all__ = [
     "MAEViTHuge",
     "MAEViTLarge",
     "MaskedAutoencoderViT",
+    "VisionTransformer",
     "create_model",
     "inspect_checkpoint",
     "list_models",
@@ -50,5 +52,9 @@ __all__ = [
     "mae_vit_huge_patch14_dec512d8b",
     "mae_vit_large_patch16",
     "mae_vit_large_patch16_dec512d8b",
+    "param_groups_lrd",
     "set_fused_attn",
+    "vit_base_patch16",
+    "vit_huge_patch14",
+    "vit_large_patch16",
 ]

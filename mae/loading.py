@@ -40,7 +40,7 @@ class LoadReport:
     """What a load did: which tensors came from the file, which did not, and what to know about it."""
 
     path: str
-    kind: str  # what the file holds: "full" (encoder + decoder) or "encoder"
+    kind: str  # what the file holds: "full" (encoder + decoder), "encoder" or "classifier"
     description: str  # e.g. "ViT-Large/16, 24 blocks, dim 1024, 224x224"
     layout: str
     loaded: list[str]
@@ -52,7 +52,11 @@ class LoadReport:
 
     def summary(self) -> str:
         """One line for the log."""
-        what = {"full": "a full checkpoint (encoder + decoder)", "encoder": "an encoder-only checkpoint"}[self.kind]
+        what = {
+            "full": "a full checkpoint (encoder + decoder)",
+            "encoder": "an encoder-only checkpoint",
+            "classifier": "a fine-tuned classifier",
+        }[self.kind]
         line = f"loaded {Path(self.path).name}, {what} of {self.description}: "
         line += f"{len(self.loaded)} tensors ({self.layout})"
         if self.missing:
@@ -85,21 +89,24 @@ def _plan(
     model: MAEEncoder, state_dict: dict[str, Tensor], info: CheckpointInfo, interpolate: bool
 ) -> tuple[dict[str, Tensor], LoadReport]:
     """Check everything and decide what to load; raise CheckpointError before touching the model."""
+    from .classifier import VisionTransformer
     from .decoder import MAEDecoder
 
     path, c = info.path, model.config
     wants_decoder = isinstance(model, MAEDecoder)
-    if info.kind == "classifier":
+    is_classifier = isinstance(model, VisionTransformer)
+    if info.kind == "classifier" and not is_classifier:
         head = state_dict.get("head.weight")
         shape = f" (head.weight {list(head.shape)})" if head is not None else ""
+        factory = (info.model_name or "").replace("mae_", "", 1) or "vit_large_patch16"
         raise CheckpointError(
             path,
             f"is a fine-tuned classifier{shape}: no decoder, and its encoder was trained further for classification.",
-            "For MAE reconstruction use a visualize file (e.g. mae_visualize_vit_large.pth); for features or "
-            "fine-tuning, a pretrain file (e.g. mae_pretrain_vit_large.pth). Load this one into a ViT classifier "
-            "(e.g. timm's vit_large_patch16_224 with global_pool='avg').",
+            f"Load it into the classifier: mae.{factory}().load_pretrained(...). For MAE reconstruction use a "
+            "visualize file (e.g. mae_visualize_vit_large.pth); for features or fine-tuning, a pretrain file "
+            "(e.g. mae_pretrain_vit_large.pth).",
         )
-    if info.kind not in ("full", "encoder"):
+    if info.kind not in ("full", "encoder", "classifier"):
         sample = ", ".join(list(state_dict)[:4])
         raise CheckpointError(path, f"holds no MAE encoder (no patch_embed.proj.weight; keys such as {sample}).")
     if (info.embed_dim, info.depth, info.patch_size, info.in_chans) != (c.embed_dim, c.depth, c.patch_size, c.in_chans):
@@ -123,6 +130,11 @@ def _plan(
     targets = model.state_dict()
     load_decoder = wants_decoder and info.kind == "full"
     expected = [k for k in targets if load_decoder or not _is_decoder_key(k)]
+    ignored = [k for k in state_dict if _is_decoder_key(k)] if not wants_decoder else []
+    notes: list[str] = []
+    if is_classifier:
+        assert isinstance(model, VisionTransformer)
+        expected, ignored, notes = _classifier_keys(model, state_dict, info, targets, ignored)
     missing_in_file = [k for k in expected if k not in state_dict]
     if missing_in_file:
         raise CheckpointError(
@@ -130,8 +142,7 @@ def _plan(
             f"lacks {len(missing_in_file)} tensor(s) this model needs: {_some(missing_in_file)}.",
             "The file is incomplete or of another architecture; `mae inspect FILE` shows what it holds.",
         )
-    allowed_extra = [k for k in state_dict if _is_decoder_key(k)] if not wants_decoder else []
-    extra = [k for k in state_dict if k not in targets and k not in allowed_extra]
+    extra = [k for k in state_dict if k not in expected and k not in ignored]
     if extra:
         raise CheckpointError(
             path,
@@ -139,7 +150,6 @@ def _plan(
             "Nothing was loaded (loads are strict); `mae inspect FILE` shows what the file holds.",
         )
 
-    notes: list[str] = []
     warnings: list[str] = []
     to_load: dict[str, Tensor] = {}
     resized = False
@@ -190,8 +200,9 @@ def _plan(
             "encoder-only checkpoint: the decoder stays randomly initialised, so reconstructions and the loss are "
             f"meaningless (about 1.87 on noise); for reconstruction load {suggestion}"
         )
-    if unexpected:
-        notes.append(f"the file's decoder ({len(unexpected)} tensors) was not loaded: an MAEEncoder has no decoder")
+    decoder_left = [k for k in unexpected if _is_decoder_key(k)]
+    if decoder_left:
+        notes.append(f"the file's decoder ({len(decoder_left)} tensors) was not loaded: this model has no decoder")
     if load_decoder:
         file_target = info.norm_pix_loss
         if file_target is None:
@@ -227,6 +238,43 @@ def _finite(t: Tensor) -> bool:
         return True
     low, high = torch.aminmax(t)
     return bool(torch.isfinite(low) and torch.isfinite(high))
+
+
+def _classifier_keys(
+    model: Any, state_dict: dict[str, Tensor], info: CheckpointInfo, targets: dict[str, Tensor], ignored: list[str]
+) -> tuple[list[str], list[str], list[str]]:
+    """(keys to load, file keys to leave out, notes) for the fine-tuning classifier.
+
+    A fine-tuned classifier file loads strictly. A pretrain or full MAE file gives the encoder, as in the
+    official fine-tuning recipe: the head (and fc_norm, with global pooling) are new, and the encoder's
+    final norm is not used with global pooling.
+    """
+    path = info.path
+    if info.kind == "classifier":
+        file_pool = "fc_norm.weight" in state_dict
+        if file_pool != model.global_pool:
+            raise CheckpointError(
+                path,
+                f"was fine-tuned with {'global average pooling (fc_norm)' if file_pool else 'the class token'}; "
+                f"this model uses {'global pooling' if model.global_pool else 'the class token'}.",
+                f"Build it with global_pool={file_pool}.",
+            )
+        head, ours = state_dict.get("head.weight"), targets.get("head.weight")
+        if head is not None and ours is not None and head.shape != ours.shape:
+            raise CheckpointError(
+                path,
+                f"has a head for {head.shape[0]} classes; this model has {ours.shape[0]}.",
+                f"Build it with num_classes={head.shape[0]}, or start from the pretrain file for a new head.",
+            )
+        return list(targets), ignored, []
+    new = [k for k in targets if k.startswith(("head.", "fc_norm."))]
+    expected = [k for k in targets if k not in new]
+    unused = [k for k in state_dict if k.startswith("norm.")] if model.global_pool else []
+    notes = [
+        f"new (kept as initialised), as in the official fine-tuning recipe: {', '.join(new) or 'nothing'}"
+        + (f"; the encoder's final norm is not used with global pooling: {', '.join(unused)}" if unused else "")
+    ]
+    return expected, ignored + unused, notes
 
 
 def load_into(

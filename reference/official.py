@@ -77,14 +77,18 @@ def _shims() -> Iterator[None]:
             delattr(np, "float")
 
 
-_module: ModuleType | None = None
+_modules: dict[str, ModuleType] = {}
 
 
 def _models_mae() -> ModuleType:
-    """Import the official `models_mae` from the checkout (once), under the shims."""
-    global _module
-    if _module is not None:
-        return _module
+    """The official `models_mae`."""
+    return official_module("models_mae")
+
+
+def official_module(name: str) -> ModuleType:
+    """Import a module of the checkout (e.g. "models_mae", "util.lr_decay") once, under the shims."""
+    if name in _modules:
+        return _modules[name]
     reason = skip_reason()
     if reason:
         raise OfficialRepoUnavailable(reason)
@@ -95,13 +99,13 @@ def _models_mae() -> ModuleType:
     sys.path.insert(0, repo)
     try:
         with _shims():
-            module = importlib.import_module("models_mae")
+            module = importlib.import_module(name)
     finally:
         sys.path.remove(repo)
-        for name in [n for n in sys.modules if n in ("models_mae", "util") or n.startswith("util.")]:
-            del sys.modules[name]
+        for loaded in [n for n in sys.modules if n in ("models_mae", "models_vit", "util") or n.startswith("util.")]:
+            del sys.modules[loaded]
         sys.modules.update(saved)
-    _module = module
+    _modules[name] = module
     return module
 
 
