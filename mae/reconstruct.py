@@ -1,0 +1,179 @@
+"""The official demo's figure as a function and a command (He et al., 2022, Figures 2-4).
+
+Four panels: the original image, the visible patches (removed ones shown as the mean grey), the
+reconstruction, and the reconstruction with the visible patches pasted back. Images are resized to the
+model's size and normalised with the ImageNet mean and std, as in the official demo. For a model trained
+on the norm-pix target, the prediction is per-patch normalised pixels: it is mapped back with each
+patch's own mean and variance (taken from the input), and the figure says so.
+
+Needs Pillow to read and write images (`pip install 'mae[viz]'`); without an image, the sample
+photograph that matplotlib ships is used (matplotlib is in the same extra).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from .mae import MaskedAutoencoderViT
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+SAMPLE_PHOTO = "grace_hopper.jpg"  # a photograph matplotlib ships (offline)
+TITLES = ("original", "masked", "reconstruction", "reconstruction + visible")
+GAP, TITLE_HEIGHT, NOTE_HEIGHT = 8, 20, 18
+
+
+def _pil() -> Any:
+    try:
+        from PIL import Image
+    except ImportError:  # pragma: no cover - depends on the environment
+        raise ImportError("reading and writing images needs Pillow: pip install 'mae[viz]'") from None
+    return Image
+
+
+def sample_photo() -> Path:
+    """The path of the sample photograph that matplotlib ships."""
+    try:
+        import matplotlib
+    except ImportError:
+        raise ImportError(
+            "no image given, and the sample photograph comes with matplotlib: pip install 'mae[viz]', or pass IMAGE"
+        ) from None
+    return Path(matplotlib.get_data_path()) / "sample_data" / SAMPLE_PHOTO
+
+
+def load_image(path: str | os.PathLike[str], size: int) -> Tensor:
+    """An RGB image resized to size x size (as the official demo does): [3, size, size] in [0, 1]."""
+    image = _pil().open(path).convert("RGB").resize((size, size))
+    data = torch.frombuffer(bytearray(image.tobytes()), dtype=torch.uint8)
+    return data.reshape(size, size, 3).permute(2, 0, 1).float() / 255.0
+
+
+@dataclass
+class Reconstruction:
+    """The four panels ([3, H, W] in [0, 1]), the mask ([H, W], 1 = removed) and the loss."""
+
+    original: Tensor
+    masked: Tensor
+    reconstruction: Tensor
+    pasted: Tensor
+    mask: Tensor
+    loss: float
+
+
+def reconstruct(model: MaskedAutoencoderViT, image: Tensor, mask_ratio: float = 0.75, seed: int = 2) -> Reconstruction:
+    """Mask `image` ([3, H, W] in [0, 1], the model's size) and reconstruct it, as in the official demo."""
+    mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
+    std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
+    x = ((image - mean) / std)[None]  # [1, 3, H, W], chuẩn hoá theo ImageNet như lúc huấn luyện
+    model.eval()
+    with torch.no_grad():
+        torch.manual_seed(seed)
+        loss, pred, mask = model(x, mask_ratio=mask_ratio)  # pred: [1, L, p*p*3]; mask: [1, L]
+        if model.config.norm_pix_loss:
+            # Mô hình dự đoán pixel đã chuẩn hoá theo từng patch: đưa về pixel bằng trung bình/phương sai của patch.
+            target = model.patchify(x)
+            pred = pred * (target.var(dim=-1, keepdim=True) + 1.0e-6) ** 0.5 + target.mean(dim=-1, keepdim=True)
+        y = model.unpatchify(pred)  # [1, 3, H, W]
+        p = model.config.patch_size
+        pixel_mask = model.unpatchify(mask[..., None].repeat(1, 1, p * p * 3))  # [1, 3, H, W], 1 = bị che
+    # Patch bị che hiện bằng 0 sau chuẩn hoá, tức là màu xám trung bình của ImageNet.
+    masked = x * (1 - pixel_mask)
+    pasted = x * (1 - pixel_mask) + y * pixel_mask
+
+    def to_image(t: Tensor) -> Tensor:
+        return (t[0] * std + mean).clamp(0, 1)
+
+    return Reconstruction(
+        original=to_image(x),
+        masked=to_image(masked),
+        reconstruction=to_image(y),
+        pasted=to_image(pasted),
+        mask=pixel_mask[0, 0],
+        loss=float(loss),
+    )
+
+
+def to_uint8(image: Tensor) -> Tensor:
+    """[3, H, W] in [0, 1] -> [H, W, 3] uint8 (rounded), the pixels written to the PNG."""
+    return (image * 255.0).round().clamp(0, 255).to(torch.uint8).permute(1, 2, 0)
+
+
+def render(result: Reconstruction, notes: list[str]) -> Any:
+    """The figure: four panels side by side at their own resolution, titles above, notes below."""
+    Image = _pil()
+    from PIL import ImageDraw
+
+    panels = [result.original, result.masked, result.reconstruction, result.pasted]
+    h, w = panels[0].shape[1:]
+    width = 4 * w + 5 * GAP
+    height = TITLE_HEIGHT + h + GAP + NOTE_HEIGHT * max(1, len(notes))
+    canvas = Image.new("RGB", (width, height), (255, 255, 255))
+    draw = ImageDraw.Draw(canvas)
+    for i, (panel, title) in enumerate(zip(panels, TITLES, strict=True)):
+        left = GAP + i * (w + GAP)
+        pixels = to_uint8(panel)
+        canvas.paste(Image.frombytes("RGB", (w, h), bytes(pixels.flatten().tolist())), (left, TITLE_HEIGHT))
+        draw.text((left, 4), title, fill=(0, 0, 0))
+    for j, note in enumerate(notes):
+        colour = (200, 0, 0) if note.startswith("UNTRAINED") else (60, 60, 60)
+        draw.text((GAP, TITLE_HEIGHT + h + GAP + j * NOTE_HEIGHT), note, fill=colour)
+    return canvas
+
+
+def panel_box(index: int, size: int) -> tuple[int, int, int, int]:
+    """(left, top, right, bottom) of panel `index` in a figure of size x size panels."""
+    left = GAP + index * (size + GAP)
+    return left, TITLE_HEIGHT, left + size, TITLE_HEIGHT + size
+
+
+def run(
+    image: str | os.PathLike[str] | None,
+    checkpoint: str | Path | None,
+    output: str | os.PathLike[str],
+    *,
+    model_name: str = "mae_vit_large_patch16",
+    mask_ratio: float = 0.75,
+    seed: int = 2,
+    norm_pix: bool | None = None,
+) -> tuple[Path, list[str]]:
+    """Build or load the model, reconstruct, write the PNG. Returns the path and the figure's notes.
+
+    norm_pix: the model's target; None takes it from the official file name when it tells, else False.
+    """
+    from .checkpoint import inspect_checkpoint
+    from .models import create_model
+
+    log = logging.getLogger("mae")
+    notes: list[str] = []
+    target = norm_pix
+    if checkpoint is not None:
+        info = inspect_checkpoint(checkpoint)
+        model_name = info.model_name or model_name
+        if target is None:
+            target = bool(info.norm_pix_loss)
+            source = "from the file name" if info.norm_pix_loss is not None else "the file name does not tell"
+            log.info("norm_pix_loss=%s (%s)", target, source)
+        model = create_model(model_name, checkpoint_path=checkpoint, norm_pix_loss=target)
+        if info.kind == "encoder":
+            notes.append("UNTRAINED DECODER: encoder-only checkpoint, the reconstruction is meaningless")
+    else:
+        torch.manual_seed(0)
+        model = create_model(model_name, norm_pix_loss=bool(target))
+        notes.append("UNTRAINED: no checkpoint, random weights; the reconstruction is meaningless")
+    if model.config.norm_pix_loss:
+        notes.append("norm-pix model: predictions mapped back to pixels with each patch's own mean and variance")
+    photo = Path(image) if image is not None else sample_photo()
+    result = reconstruct(model, load_image(photo, model.config.img_size), mask_ratio, seed)
+    label = Path(checkpoint).name if checkpoint is not None else f"{model_name} (random init)"
+    notes.append(f"{label}, mask ratio {mask_ratio}, seed {seed}, loss {result.loss:.4f}; image {photo.name}")
+    out = Path(output)
+    render(result, notes).save(out, format="PNG")
+    return out, notes

@@ -1,0 +1,108 @@
+"""`mae reconstruct`: the four-panel figure, read back from the PNG (size, panels, visible patches equal
+to the input, removed patches mean grey), the norm-pix mapping, and the untrained markings."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import mae
+from helpers import small_config
+from mae import reconstruct as rc
+
+Image = pytest.importorskip("PIL.Image")
+pytest.importorskip("matplotlib")
+
+MEAN_GREY = tuple(round(m * 255) for m in rc.IMAGENET_MEAN)
+
+
+def read_png(path: Path) -> torch.Tensor:
+    image = Image.open(path).convert("RGB")
+    width, height = image.size
+    return torch.frombuffer(bytearray(image.tobytes()), dtype=torch.uint8).reshape(height, width, 3)
+
+
+def panel(figure: torch.Tensor, index: int, size: int) -> torch.Tensor:
+    left, top, right, bottom = rc.panel_box(index, size)
+    return figure[top:bottom, left:right]
+
+
+def test_panels_from_the_function() -> None:
+    torch.manual_seed(0)
+    model = mae.MaskedAutoencoderViT(small_config())
+    image = torch.rand(3, 32, 32)
+    result = rc.reconstruct(model, image, mask_ratio=0.5, seed=2)
+    visible = result.mask == 0
+    assert result.mask.shape == (32, 32) and visible.float().mean() == 0.5
+    assert torch.equal(result.pasted[:, visible], result.original[:, visible])
+    torch.testing.assert_close(result.original, image, atol=1e-6, rtol=0)
+    grey = torch.tensor(rc.IMAGENET_MEAN)[:, None]
+    torch.testing.assert_close(result.masked[:, ~visible], grey.expand(3, int((~visible).sum())), atol=1e-6, rtol=0)
+    assert torch.equal(result.pasted[:, ~visible], result.reconstruction[:, ~visible])
+    torch.manual_seed(2)
+    assert torch.equal(result.mask, rc.reconstruct(model, image, 0.5, seed=2).mask)  # the seed fixes the mask
+
+
+def test_norm_pix_prediction_is_mapped_back_with_each_patchs_statistics() -> None:
+    torch.manual_seed(0)
+    model = mae.MaskedAutoencoderViT(small_config(norm_pix_loss=True))
+    image = torch.rand(3, 32, 32)
+    result = rc.reconstruct(model, image, 0.75, seed=1)
+    mean, std = torch.tensor(rc.IMAGENET_MEAN).view(3, 1, 1), torch.tensor(rc.IMAGENET_STD).view(3, 1, 1)
+    x = ((image - mean) / std)[None]
+    with torch.no_grad():
+        torch.manual_seed(1)
+        _, pred, _ = model(x, 0.75)
+    target = model.patchify(x)
+    pixels = pred * (target.var(-1, keepdim=True) + 1e-6) ** 0.5 + target.mean(-1, keepdim=True)
+    expected = (model.unpatchify(pixels)[0] * std + mean).clamp(0, 1)
+    torch.testing.assert_close(result.reconstruction, expected, atol=1e-6, rtol=0)
+
+
+@pytest.mark.xdist_group("base")
+def test_command_writes_the_figure(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    model = mae.create_model("mae_vit_base_patch16")
+    full = tmp_path / "mae_visualize_vit_base.pth"
+    torch.save({"model": model.state_dict()}, full)
+    out = tmp_path / "figure.png"
+    done = subprocess.run(
+        [sys.executable, "-m", "mae", "reconstruct", "--checkpoint", str(full), "-o", str(out), "--seed", "2"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "norm_pix_loss=False (from the file name)" in done.stderr
+    figure = read_png(out)
+    size = 224
+    assert figure.shape == (rc.TITLE_HEIGHT + size + rc.GAP + rc.NOTE_HEIGHT, 4 * size + 5 * rc.GAP, 3)
+    original, masked, _, pasted = (panel(figure, i, size) for i in range(4))
+    expected = rc.to_uint8(rc.load_image(rc.sample_photo(), size))
+    assert (original.int() - expected.int()).abs().max() <= 1  # the photograph, resized
+    removed = (masked == torch.tensor(MEAN_GREY, dtype=torch.uint8)).all(-1)
+    assert removed.float().mean().item() == pytest.approx(0.75, abs=0.02)
+    assert torch.equal(pasted[~removed], original[~removed])  # visible patches identical to the input
+    assert not torch.equal(pasted[removed], original[removed])
+
+
+@pytest.mark.xdist_group("base")
+def test_untrained_and_norm_pix_figures_say_so(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    model = mae.create_model("mae_vit_base_patch16")
+    encoder = {k: v for k, v in model.state_dict().items() if not (k.startswith("decoder_") or k == "mask_token")}
+    torch.save({"model": encoder}, tmp_path / "mae_pretrain_vit_base.pth")
+    torch.save({"model": model.state_dict()}, tmp_path / "mae_pretrain_vit_base_full.pth")
+    _, notes = rc.run(None, tmp_path / "mae_pretrain_vit_base.pth", tmp_path / "a.png")
+    assert notes[0].startswith("UNTRAINED DECODER")
+    _, notes = rc.run(None, tmp_path / "mae_pretrain_vit_base_full.pth", tmp_path / "b.png")
+    assert any("norm-pix model" in n for n in notes) and not any(n.startswith("UNTRAINED") for n in notes)
+    _, notes = rc.run(None, None, tmp_path / "c.png", model_name="mae_vit_base_patch16")
+    assert notes[0].startswith("UNTRAINED: no checkpoint")
+    figure = read_png(tmp_path / "c.png")
+    note_row = figure[rc.TITLE_HEIGHT + 224 + rc.GAP :]
+    assert ((note_row[..., 0] > 150) & (note_row[..., 1] < 60)).any()  # the red warning is drawn
