@@ -99,11 +99,18 @@ def test_keys_and_initialisation() -> None:
     assert pooled.pos_embed.requires_grad  # trained when fine-tuning
     assert abs(pooled.head.weight.std().item() - 2e-5) < 5e-6 and torch.all(pooled.head.bias == 0)
     assert torch.all(pooled.fc_norm.weight == 1)
-    assert mae.vit_large_patch16().config.embed_dim == 1024 and mae.vit_huge_patch14().config.patch_size == 14
+    with torch.device("meta"):
+        assert mae.vit_large_patch16().config.embed_dim == 1024 and mae.vit_huge_patch14().config.patch_size == 14
     with pytest.raises(ValueError, match="num_classes must be an int >= 0"):
         mae.VisionTransformer(small_config(), num_classes=-1)
     with pytest.raises(ValueError, match=r"drop_path_rate must be in \[0, 1\)"):
         mae.VisionTransformer(small_config(), drop_path_rate=1.0)
+
+
+def test_full_size_key_counts() -> None:
+    with torch.device("meta"):
+        counts = [len(f().state_dict()) for f in (mae.vit_base_patch16, mae.vit_large_patch16, mae.vit_huge_patch14)]
+    assert counts == [152, 296, 392]  # the encoder keys without norm, plus fc_norm and head
 
 
 def test_every_parameter_gets_a_finite_gradient() -> None:
