@@ -28,6 +28,7 @@ def test_strip_prefixes_only_when_every_key_has_them() -> None:
     sd = {"module._orig_mod.a": torch.zeros(1), "module._orig_mod.b": torch.zeros(1)}
     stripped, removed = strip_prefixes(sd)
     assert list(stripped) == ["a", "b"] and removed == ["module.", "_orig_mod."]
+    assert strip_prefixes({"_orig_mod.module.a": torch.zeros(1)})[1] == ["_orig_mod.", "module."]
     mixed = {"module.a": torch.zeros(1), "b": torch.zeros(1)}
     assert strip_prefixes(mixed) == (mixed, [])
 

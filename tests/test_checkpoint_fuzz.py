@@ -40,7 +40,9 @@ def _mutate(draw: st.DrawFn, sd: dict[str, torch.Tensor], op: str) -> dict[str, 
         )
     elif op == "nan" and key and sd[key].numel() and sd[key].is_floating_point():
         t = sd[key].clone()
-        t.view(-1)[draw(st.integers(0, t.numel() - 1))] = draw(st.sampled_from([float("nan"), float("inf")]))
+        t.view(-1)[draw(st.integers(0, t.numel() - 1))] = draw(
+            st.sampled_from([float("nan"), float("inf"), float("-inf")])
+        )
         sd[key] = t
     elif op == "encoder_only":
         sd = {k: v for k, v in sd.items() if not (k.startswith("decoder_") or k == "mask_token")}
@@ -63,7 +65,7 @@ def corrupted(draw: st.DrawFn) -> Case:
     sd = dict(WEIGHTS)
     for op in ops:
         sd = _mutate(draw, sd, op)
-    prefix = draw(st.sampled_from(["", "module.", "_orig_mod.", "module._orig_mod."]))
+    prefix = draw(st.sampled_from(["", "module.", "_orig_mod.", "module._orig_mod.", "_orig_mod.module."]))
     container = draw(st.sampled_from(["model", "state_dict", "bare"]))
     file_op = draw(st.sampled_from(FILE_OPS))
     extra: object = None

@@ -176,6 +176,7 @@ def test_fast_path_with_an_encoder_file_initialises_the_decoder(tmp_path: Path) 
     torch.save({"model": encoder_part(reference_weights())}, path)
     model = mae.create_model("mae_vit_base_patch16", checkpoint_path=path, **_tiny_overrides())
     assert not any(p.is_meta for p in model.parameters())
+    assert {n for n, p in model.named_parameters() if not p.requires_grad} == {"pos_embed", "decoder_pos_embed"}
     assert torch.all(model.decoder_blocks[0].attn.qkv.bias == 0) and torch.all(model.decoder_norm.weight == 1)
     assert torch.isfinite(model.mask_token).all() and model.mask_token.abs().sum() > 0
     c = model.config
@@ -214,6 +215,7 @@ def spellings() -> dict[str, object]:
         "DDP": {"model": {f"module.{k}": v for k, v in weights.items()}},
         "compiled": {f"_orig_mod.{k}": v for k, v in weights.items()},
         "DDP of compiled": {f"module._orig_mod.{k}": v for k, v in weights.items()},
+        "compiled DDP": {f"_orig_mod.module.{k}": v for k, v in weights.items()},
         "fp16": {"model": {k: v.half() for k, v in weights.items()}},
         "bf16": {"model": {k: v.bfloat16() for k, v in weights.items()}},
         "float64": {k: v.double() for k, v in weights.items()},
@@ -221,19 +223,26 @@ def spellings() -> dict[str, object]:
     return out
 
 
+@pytest.mark.parametrize("fast", [False, True], ids=["load_pretrained", "create_model"])
 @pytest.mark.parametrize("spelling", list(spellings()))
-def test_every_spelling_loads(tmp_path: Path, spelling: str) -> None:
+def test_every_spelling_loads(tmp_path: Path, spelling: str, fast: bool) -> None:
     path = tmp_path / "ckpt.pth"
     torch.save(spellings()[spelling], path)
-    model = mae.MaskedAutoencoderViT(tiny_config())
-    report = model.load_pretrained(path)
+    if fast:
+        model = mae.create_model("mae_vit_base_patch16", checkpoint_path=path, **_tiny_overrides())
+        report = model.load_report
+        assert report is not None
+    else:
+        model = mae.MaskedAutoencoderViT(tiny_config())
+        report = model.load_pretrained(path)
     expected = reference_weights()
     if spelling in ("fp16", "bf16"):
         dtype = torch.float16 if spelling == "fp16" else torch.bfloat16
         expected = {k: v.to(dtype).float() for k, v in expected.items()}
         assert any("to float32" in n for n in report.notes)
     assert_holds(model, expected)
-    assert model.pos_embed.dtype == torch.float32
+    assert {p.dtype for p in model.parameters()} == {torch.float32}
+    assert torch.isfinite(model(torch.randn(1, 3, 32, 32))[0])
 
 
 def test_transformers_keys_5x_and_legacy_4x(tmp_path: Path) -> None:
@@ -329,6 +338,16 @@ def test_other_variant_is_named(tmp_path: Path) -> None:
     )
 
 
+def test_another_decoder_is_named(tmp_path: Path) -> None:
+    for overrides, message in [
+        (dict(decoder_depth=2), r"has a decoder of 2 blocks, dim 16; this model's has 1 blocks, dim 16"),
+        (dict(decoder_embed_dim=24, decoder_num_heads=2), r"has a decoder of 1 blocks, dim 24"),
+    ]:
+        torch.manual_seed(0)
+        other = mae.MaskedAutoencoderViT(small_config(**overrides))
+        _check_refused(tmp_path, {"model": other.state_dict()}, message + r".*decoder_depth and decoder_embed_dim")
+
+
 def test_a_real_variant_is_named_with_its_factory(tmp_path: Path) -> None:
     torch.manual_seed(0)
     base_encoder = mae.MAEEncoder(mae.MAEViTBase.default_config)
@@ -366,9 +385,12 @@ def test_missing_extra_reshaped_retyped_and_nan_tensors(tmp_path: Path) -> None:
     _check_refused(tmp_path, {**weights, "blocks.9.extra": torch.zeros(1)}, r"this model does not: blocks.9.extra")
     _check_refused(tmp_path, {**weights, "norm.bias": torch.zeros(31)}, r"tensor norm.bias has shape \[31\]")
     _check_refused(tmp_path, {**weights, "norm.bias": torch.zeros(32, dtype=torch.long)}, "not floating point")
-    nan = weights["blocks.0.attn.qkv.weight"].clone()
-    nan[0, 0] = float("nan")
-    _check_refused(tmp_path, {**weights, "blocks.0.attn.qkv.weight": nan}, r"NaN or infinite values in 1 tensor")
+    for bad in (float("nan"), float("inf"), float("-inf")):
+        corrupt = weights["blocks.0.attn.qkv.weight"].clone()
+        corrupt[0, 0] = bad
+        _check_refused(
+            tmp_path, {**weights, "blocks.0.attn.qkv.weight": corrupt}, r"NaN or infinite values in 1 tensor"
+        )
 
 
 def test_unreadable_files(tmp_path: Path) -> None:

@@ -134,6 +134,35 @@ def test_initialisation_recipe_statistics() -> None:
         assert abs(token.std().item() - 0.02) < 0.003 and abs(token.mean().item()) < 0.003
 
 
+def test_random_draws_come_in_the_official_order(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The order of every random draw, construction and initialisation, as in the official model
+    (models_mae.py): without it, the same seed would not give the official weights. Checked without the
+    official code; tests/test_official.py checks the weights themselves when it is available."""
+    calls: list[tuple[str, int]] = []
+    for name in ("kaiming_uniform_", "uniform_", "xavier_uniform_", "normal_"):
+        original = getattr(nn.init, name)
+
+        def record(tensor: torch.Tensor, *args: object, _name: str = name, _f: object = original, **kw: object):
+            calls.append((_name, tensor.data_ptr()))
+            return _f(tensor, *args, **kw)  # type: ignore[operator]
+
+        monkeypatch.setattr(nn.init, name, record)
+    model = mae.MaskedAutoencoderViT(small_config(depth=2, decoder_depth=2))
+    names = {p.data_ptr(): n for n, p in model.named_parameters()}
+    drawn = [(f, names[ptr]) for f, ptr in calls]
+
+    def linears(prefix: str, depth: int) -> list[str]:
+        return [f"{prefix}.{i}.{m}" for i in range(depth) for m in ("attn.qkv", "attn.proj", "mlp.fc1", "mlp.fc2")]
+
+    layers = [*linears("blocks", 2), "decoder_embed", *linears("decoder_blocks", 2), "decoder_pred"]
+    construction = [("kaiming_uniform_", "patch_embed.proj.weight"), ("uniform_", "patch_embed.proj.bias")]
+    for layer in layers:
+        construction += [("kaiming_uniform_", f"{layer}.weight"), ("uniform_", f"{layer}.bias")]
+    recipe = [("xavier_uniform_", "patch_embed.proj.weight"), ("normal_", "cls_token"), ("normal_", "mask_token")]
+    recipe += [("xavier_uniform_", f"{layer}.weight") for layer in layers]
+    assert drawn == construction + recipe
+
+
 def test_same_seed_same_weights_other_seed_other_weights() -> None:
     def build(seed: int) -> dict[str, torch.Tensor]:
         torch.manual_seed(seed)
@@ -264,8 +293,15 @@ def test_norm_pix_loss_normalises_each_patch(tiny: mae.MaskedAutoencoderViT) -> 
     mask = torch.tensor([[1.0] + [0.0] * 15])
     npl = mae.MaskedAutoencoderViT(dataclasses.replace(tiny.config, norm_pix_loss=True))
     assert torch.allclose(npl.forward_loss(imgs, normalised, mask), torch.tensor(0.0), atol=1e-10)
+    # A zero prediction costs the mean square of the normalised target: the 1e-6 is inside the root.
+    expected = (normalised[0, 0] ** 2).mean()
+    torch.testing.assert_close(npl.forward_loss(imgs, torch.zeros_like(target), mask), expected, rtol=1e-7, atol=0)
     assert tiny.forward_loss(imgs, target, mask) == 0
     assert tiny.forward_loss(imgs, target + 2, mask) == 4
+    # Only removed patches count: errors on visible patches cost nothing.
+    wrong_where_visible = target.clone()
+    wrong_where_visible[0, 1:] += 5.0
+    assert tiny.forward_loss(imgs, wrong_where_visible, mask) == 0
 
 
 def test_ratio_zero_loss_is_nan_like_the_official_code(tiny: mae.MaskedAutoencoderViT) -> None:

@@ -41,6 +41,8 @@ def test_round_trips_with_the_reference_library(entries: list[tuple[torch.dtype,
             for name, tensor in tensors.items():
                 assert loaded[name].dtype == tensor.dtype and torch.equal(loaded[name], tensor)
         assert read_header(ours)[1] == {"format": "pt"}
+        raw = ours.read_bytes()
+        assert struct.unpack("<Q", raw[:8])[0] % 8 == 0 and read_header(ours)[2] % 8 == 0  # tensors 8-byte aligned
 
 
 def test_views_are_written_alone_and_reads_are_copy_on_write(tmp_path: Path) -> None:
