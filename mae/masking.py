@@ -24,6 +24,13 @@ def check_mask_ratio(mask_ratio: object) -> float:
     return float(mask_ratio)
 
 
+@torch.compiler.disable  # type: ignore[untyped-decorator]  # torch leaves it untyped
+def draw_noise(n: int, length: int, device: torch.device) -> Tensor:
+    """One `torch.rand(N, L)` from the global generator. Kept out of torch.compile graphs, whose own random
+    numbers differ from eager ones: compiled or not, a seed gives the same (official) mask."""
+    return torch.rand(n, length, device=device)
+
+
 def random_masking(x: Tensor, mask_ratio: float, noise: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
     """Keep a random subset of tokens per sample.
 
@@ -38,7 +45,7 @@ def random_masking(x: Tensor, mask_ratio: float, noise: Tensor | None = None) ->
     mask_ratio = check_mask_ratio(mask_ratio)
     n, length, dim = x.shape
     if noise is None:
-        noise = torch.rand(n, length, device=x.device)  # nhiễu đều trong [0, 1)
+        noise = draw_noise(n, length, x.device)  # nhiễu đều trong [0, 1)
     elif not isinstance(noise, Tensor) or tuple(noise.shape) != (n, length):
         shape = tuple(noise.shape) if isinstance(noise, Tensor) else type(noise).__name__
         raise ValueError(f"noise must be a tensor of shape [N, L] = [{n}, {length}] (one value per patch); got {shape}")
