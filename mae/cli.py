@@ -9,12 +9,35 @@ import logging
 import sys
 from pathlib import Path
 
+import torch
+
 
 def _verify(args: argparse.Namespace) -> int:
     from . import verify
 
     variants = list(verify.VARIANTS) if args.variant == "all" else [args.variant]
-    return verify.run(variants, args.report)
+    return verify.run(variants, args.report, verify.Setting(_device(args.device), _dtype(args.dtype)))
+
+
+def _device(name: str) -> torch.device:
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda: CUDA is not available on this machine (torch sees no GPU)")
+    return device
+
+
+def _dtype(name: str) -> torch.dtype:
+    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
+
+
+def _add_precision(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--device", default="cpu", help="cpu (default) or cuda")
+    parser.add_argument(
+        "--dtype",
+        choices=["float32", "bfloat16", "float16"],
+        default="float32",
+        help="autocast precision of the forwards (float32: none)",
+    )
 
 
 def _reconstruct(args: argparse.Namespace) -> int:
@@ -29,6 +52,8 @@ def _reconstruct(args: argparse.Namespace) -> int:
         mask_ratio=args.mask_ratio,
         seed=args.seed,
         norm_pix=norm_pix,
+        device=_device(args.device),
+        dtype=_dtype(args.dtype),
     )
     for note in notes:
         print(note)
@@ -132,6 +157,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--variant", choices=["base", "large", "huge", "all"], default="all")
     p.add_argument("--report", type=Path, help="also write the table to FILE (.json for JSON, else Markdown)")
+    _add_precision(p)
     p.set_defaults(func=_verify)
 
     p = commands.add_parser(
@@ -152,6 +178,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="the model's target: auto takes it from the official file name (the _full files use norm-pix)",
     )
     p.add_argument("-o", "--output", type=Path, default=Path("reconstruction.png"))
+    _add_precision(p)
     p.set_defaults(func=_reconstruct)
 
     p = commands.add_parser("inspect", help="say what a checkpoint file holds, without building a model")

@@ -68,15 +68,28 @@ class Reconstruction:
     loss: float
 
 
-def reconstruct(model: MaskedAutoencoderViT, image: Tensor, mask_ratio: float = 0.75, seed: int = 2) -> Reconstruction:
-    """Mask `image` ([3, H, W] in [0, 1], the model's size) and reconstruct it, as in the official demo."""
+def reconstruct(
+    model: MaskedAutoencoderViT,
+    image: Tensor,
+    mask_ratio: float = 0.75,
+    seed: int = 2,
+    dtype: torch.dtype = torch.float32,
+) -> Reconstruction:
+    """Mask `image` ([3, H, W] in [0, 1], the model's size) and reconstruct it, as in the official demo.
+
+    Runs on the model's device; `dtype` other than float32 runs the forward under autocast. The panels
+    come back on the CPU, in float32.
+    """
+    device = next(model.parameters()).device
     mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
     std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
     x = ((image - mean) / std)[None]  # [1, 3, H, W], chuẩn hoá theo ImageNet như lúc huấn luyện
     model.eval()
     with torch.no_grad():
         torch.manual_seed(seed)
-        loss, pred, mask = model(x, mask_ratio=mask_ratio)  # pred: [1, L, p*p*3]; mask: [1, L]
+        with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
+            loss, pred, mask = model(x.to(device), mask_ratio=mask_ratio)  # pred: [1, L, p*p*3]; mask: [1, L]
+        pred, mask = pred.float().cpu(), mask.float().cpu()
         if model.config.norm_pix_loss:
             # Mô hình dự đoán pixel đã chuẩn hoá theo từng patch: đưa về pixel bằng trung bình/phương sai của patch.
             target = model.patchify(x)
@@ -143,6 +156,8 @@ def run(
     mask_ratio: float = 0.75,
     seed: int = 2,
     norm_pix: bool | None = None,
+    device: torch.device | None = None,
+    dtype: torch.dtype = torch.float32,
 ) -> tuple[Path, list[str]]:
     """Build or load the model, reconstruct, write the PNG. Returns the path and the figure's notes.
 
@@ -171,7 +186,10 @@ def run(
     if model.config.norm_pix_loss:
         notes.append("norm-pix model: predictions mapped back to pixels with each patch's own mean and variance")
     photo = Path(image) if image is not None else sample_photo()
-    result = reconstruct(model, load_image(photo, model.config.img_size), mask_ratio, seed)
+    model = model.to(device or torch.device("cpu"))
+    result = reconstruct(model, load_image(photo, model.config.img_size), mask_ratio, seed, dtype)
+    if dtype != torch.float32:
+        notes.append(f"forward in {str(dtype).removeprefix('torch.')} autocast")
     label = Path(checkpoint).name if checkpoint is not None else f"{model_name} (random init)"
     notes.append(f"{label}, mask ratio {mask_ratio}, seed {seed}, loss {result.loss:.4f}; image {photo.name}")
     out = Path(output)

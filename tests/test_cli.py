@@ -133,3 +133,25 @@ def test_download_through_the_command_from_a_loopback_server(tmp_path: Path) -> 
         thread.join(timeout=5)
     listing = run_mae("download", "--list")
     assert listing.returncode == 0 and "mae_pretrain_vit_large.pth" in listing.stdout and "b8b06e" in listing.stdout
+
+
+@pytest.mark.xdist_group("base")
+def test_verify_in_bfloat16_autocast(tmp_path: Path) -> None:
+    pytest.importorskip("transformers")
+    import torch
+
+    report = tmp_path / "bf16.json"
+    assert verify.run(["base"], report, verify.Setting(torch.device("cpu"), torch.bfloat16)) == 0
+    rows = {(r["check"], r["reference"]): r for r in json.loads(report.read_text())}
+    assert rows[("forward, pixel target", "transformers")]["status"] == "pass"  # measured: even bit-equal
+    assert rows[("bfloat16 loss vs float32", "ours, float32")]["status"] == "pass"
+    assert rows[("encoder features", "timm")]["status"] == "pass"
+
+
+def test_unavailable_cuda_is_a_clear_error() -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    done = run_mae("verify", "--variant", "base", "--device", "cuda")
+    assert done.returncode == 1 and "CUDA is not available on this machine" in done.stderr

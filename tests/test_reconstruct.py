@@ -103,6 +103,8 @@ def test_untrained_and_norm_pix_figures_say_so(tmp_path: Path) -> None:
     assert any("norm-pix model" in n for n in notes) and not any(n.startswith("UNTRAINED") for n in notes)
     _, notes = rc.run(None, None, tmp_path / "c.png", model_name="mae_vit_base_patch16")
     assert notes[0].startswith("UNTRAINED: no checkpoint")
+    _, bf16_notes = rc.run(None, None, tmp_path / "d.png", model_name="mae_vit_base_patch16", dtype=torch.bfloat16)
+    assert "forward in bfloat16 autocast" in bf16_notes
     figure = read_png(tmp_path / "c.png")
     note_row = figure[rc.TITLE_HEIGHT + 224 + rc.GAP :]
     assert ((note_row[..., 0] > 150) & (note_row[..., 1] < 60)).any()  # the red warning is drawn

@@ -1,0 +1,314 @@
+"""Forward benchmark: ours against transformers and (with $MAE_OFFICIAL_REPO) the official code.
+
+Measured in one process, the implementations alternating inside every repetition, medians reported:
+- pretraining forward (loss, pred, mask) under `torch.inference_mode`, per variant and batch size, with
+  the same weights and masking noise for all implementations; achieved GFLOP/s (matrix products counted
+  from the configuration, `benchmarks.flops`) against the large-GEMM rate measured in the same run;
+- forward + backward at batch 8 for ViT-B (train mode, same weights and noise);
+- bf16 autocast against fp32 for ours (speed and loss difference);
+- optionally (`--compile`) torch.compile against eager for ours at batch 1;
+- model build time with random initialisation, each in a fresh process.
+
+    python -m benchmarks forward [--variants base,large,huge] [--batches 1,8] [--repeats 5]
+                                 [--device cpu|cuda] [--dtype float32|bfloat16] [--compile] [--json FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+import mae
+from benchmarks.flops import forward_flops
+
+VARIANTS = {"base": "mae_vit_base_patch16", "large": "mae_vit_large_patch16", "huge": "mae_vit_huge_patch14"}
+GOALS = {"official_b1": 0.90, "official_b8": 1.00, "transformers": 0.90, "gemm_fraction": 0.85, "bf16_speedup": 1.5}
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timed(functions: dict[str, Callable[[], Any]], repeats: int, device: torch.device) -> dict[str, float]:
+    """Median seconds of each function; one warm-up each, then the functions alternate per repetition."""
+    for f in functions.values():
+        f()
+    samples: dict[str, list[float]] = {name: [] for name in functions}
+    for _ in range(repeats):
+        for name, f in functions.items():
+            _sync(device)
+            start = time.perf_counter()
+            f()
+            _sync(device)
+            samples[name].append(time.perf_counter() - start)
+    return {name: statistics.median(values) for name, values in samples.items()}
+
+
+def gemm_rate(device: torch.device, dtype: torch.dtype, n: int = 4096, repeats: int = 5) -> float:
+    """GFLOP/s of a large square matrix product: the practical ceiling of these forwards."""
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    seconds = timed({"gemm": lambda: a @ b}, repeats, device)["gemm"]
+    return 2 * n**3 / seconds / 1e9
+
+
+def _implementations(variant: str, device: torch.device) -> dict[str, Any]:
+    """Ours, and the references available, all holding the same weights, in eval mode."""
+    torch.manual_seed(0)
+    ours = mae.create_model(VARIANTS[variant]).eval()
+    models: dict[str, Any] = {"ours": ours}
+    try:
+        from reference.hf import build_hf
+
+        models["transformers"] = build_hf(ours.config, ours.state_dict())
+    except ImportError:
+        print("[forward] transformers not installed: skipped", file=sys.stderr)
+    if os.environ.get("MAE_OFFICIAL_REPO"):
+        from reference.official import build_official
+
+        official = build_official(variant)
+        official.load_state_dict(ours.state_dict(), strict=True)
+        models["official"] = official.eval()
+    return {name: model.to(device) for name, model in models.items()}
+
+
+def _call(name: str, model: Any, imgs: torch.Tensor, noise: torch.Tensor) -> Any:
+    if name == "ours":
+        return model(imgs, mask_ratio=0.75, noise=noise)
+    if name == "transformers":
+        from reference.hf import hf_forward
+
+        return hf_forward(model, imgs, 0.75, noise)
+    torch.manual_seed(0)  # the official forward draws its own noise: one torch.rand(N, L), as ours would
+    return model(imgs, mask_ratio=0.75)
+
+
+def bench_forward(args: argparse.Namespace, device: torch.device, dtype: torch.dtype) -> list[dict[str, Any]]:
+    rows = []
+    for variant in args.variants:
+        models = _implementations(variant, device)
+        config = models["ours"].config
+        for batch in args.batches:
+            imgs = torch.randn(batch, 3, 224, 224, device=device)
+            noise = torch.rand(batch, config.num_patches, device=device)
+
+            def run(name: str, model: Any, imgs: torch.Tensor = imgs, noise: torch.Tensor = noise) -> Callable[[], Any]:
+                def go() -> Any:
+                    with (
+                        torch.inference_mode(),
+                        torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32),
+                    ):
+                        return _call(name, model, imgs, noise)
+
+                return go
+
+            seconds = timed({name: run(name, m) for name, m in models.items()}, args.repeats, device)
+            flops = forward_flops(config, 0.75, batch)
+            rows.append({"variant": variant, "batch": batch, "seconds": seconds, "gflops": flops / 1e9})
+            line = ", ".join(f"{n} {s * 1e3:.0f} ms" for n, s in seconds.items())
+            print(f"[forward] {variant} batch {batch}: {line}", file=sys.stderr)
+        del models
+    return rows
+
+
+def bench_backward(args: argparse.Namespace, device: torch.device) -> dict[str, float]:
+    models = _implementations("base", device)
+    imgs = torch.randn(8, 3, 224, 224, device=device)
+    noise = torch.rand(8, models["ours"].config.num_patches, device=device)
+
+    def run(name: str, model: Any) -> Callable[[], None]:
+        def go() -> None:
+            model.train()
+            model.zero_grad(set_to_none=True)
+            _call(name, model, imgs, noise)[0].backward()
+
+        return go
+
+    seconds = timed({name: run(name, m) for name, m in models.items()}, args.repeats, device)
+    print(f"[forward] base batch 8 forward+backward: {seconds}", file=sys.stderr)
+    return seconds
+
+
+def bench_bf16(args: argparse.Namespace, device: torch.device) -> dict[str, float]:
+    variant = "large" if "large" in args.variants else args.variants[0]
+    torch.manual_seed(0)
+    model = mae.create_model(VARIANTS[variant]).eval().to(device)
+    imgs = torch.randn(8, 3, 224, 224, device=device)
+    noise = torch.rand(8, model.config.num_patches, device=device)
+    results: dict[str, Any] = {}
+
+    def run(enabled: bool) -> Callable[[], Any]:
+        def go() -> Any:
+            with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=enabled):
+                results[enabled] = model(imgs, mask_ratio=0.75, noise=noise)[0].float().item()
+
+        return go
+
+    seconds = timed({"fp32": run(False), "bf16": run(True)}, args.repeats, device)
+    loss_rel = abs(results[True] / results[False] - 1)
+    return {"variant": variant, "fp32": seconds["fp32"], "bf16": seconds["bf16"], "loss_rel_diff": loss_rel}
+
+
+def bench_compile(args: argparse.Namespace, device: torch.device) -> dict[str, float]:
+    torch.manual_seed(0)
+    model = mae.create_model("mae_vit_base_patch16").eval().to(device)
+    imgs = torch.randn(1, 3, 224, 224, device=device)
+    noise = torch.rand(1, model.config.num_patches, device=device)
+    compiled = torch.compile(model)
+    start = time.perf_counter()
+    with torch.inference_mode():
+        eager_out, compiled_out = model(imgs, noise=noise), compiled(imgs, noise=noise)
+    compile_seconds = time.perf_counter() - start
+
+    def run(m: Any) -> Callable[[], Any]:
+        def go() -> Any:
+            with torch.inference_mode():
+                return m(imgs, noise=noise)
+
+        return go
+
+    seconds = timed({"eager": run(model), "compiled": run(compiled)}, args.repeats, device)
+    diff = float((eager_out[1] - compiled_out[1]).abs().max())
+    return {"eager": seconds["eager"], "compiled": seconds["compiled"], "compile_s": compile_seconds, "max_diff": diff}
+
+
+_BUILD = textwrap.dedent(
+    """
+    import sys, time, torch, mae
+    method, variant, name = sys.argv[1:4]
+    start = time.perf_counter()
+    torch.manual_seed(0)
+    if method == "ours":
+        mae.create_model(name)
+    elif method == "official":
+        from reference.official import build_official
+        build_official(variant)
+    else:
+        from transformers import ViTMAEForPreTraining
+        from reference.hf import hf_config
+        with torch.device("meta"):
+            config = mae.create_model(name).config
+        start = time.perf_counter()  # the configuration above is not part of the build
+        torch.manual_seed(0)
+        ViTMAEForPreTraining(hf_config(config))
+    print(time.perf_counter() - start)
+    """
+)
+
+
+def bench_build(args: argparse.Namespace) -> dict[str, float]:
+    variant = "large" if "large" in args.variants else args.variants[0]
+    methods = ["ours", "transformers"] + (["official"] if os.environ.get("MAE_OFFICIAL_REPO") else [])
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parent.parent))
+    samples: dict[str, list[float]] = {m: [] for m in methods}
+    for _ in range(max(1, args.repeats // 2)):
+        for method in methods:
+            out = subprocess.run(
+                [sys.executable, "-c", _BUILD, method, variant, VARIANTS[variant]],
+                capture_output=True, text=True, env=env, check=True,
+            )  # fmt: skip
+            samples[method].append(float(out.stdout.strip().splitlines()[-1]))
+    return {"variant": variant, **{m: statistics.median(v) for m, v in samples.items()}}
+
+
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return f"{os.cpu_count()} CPUs ({cpu}), torch {torch.__version__}, {torch.get_num_threads()} threads"
+
+
+def report(results: dict[str, Any]) -> str:
+    gemm = results["gemm_gflops"]
+    lines = [
+        f"Machine: {results['machine']}; device {results['device']}, dtype {results['dtype']}; "
+        f"large-GEMM rate {gemm:.0f} GFLOP/s.",
+        "",
+        "| variant | batch | ours (ms) | transformers (ms) | official (ms) | ours/transformers | ours/official | "
+        "ours GFLOP/s | % of GEMM rate |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+
+    def ms(value: float | None) -> str:
+        return f"{value * 1e3:.0f}" if value else "-"
+
+    def ratio(ours: float, other: float | None) -> str:
+        return f"{ours / other:.3f}" if other else "-"
+
+    for row in results["forward"]:
+        s = row["seconds"]
+        ours, hf, off = s["ours"], s.get("transformers"), s.get("official")
+        rate = row["gflops"] / ours
+        lines.append(
+            f"| {row['variant']} | {row['batch']} | {ms(ours)} | {ms(hf)} | {ms(off)} | {ratio(ours, hf)} | "
+            f"{ratio(ours, off)} | {rate:.0f} | {100 * rate / gemm:.0f} % |"
+        )
+    if "backward" in results:
+        b = results["backward"]
+        lines += ["", "Forward + backward, ViT-B batch 8: " + ", ".join(f"{k} {v * 1e3:.0f} ms" for k, v in b.items())]
+    if "bf16" in results:
+        b = results["bf16"]
+        lines += [
+            "",
+            f"bf16 autocast, ViT-{b['variant']} batch 8: fp32 {b['fp32'] * 1e3:.0f} ms, bf16 {b['bf16'] * 1e3:.0f} ms, "
+            f"speed-up {b['fp32'] / b['bf16']:.2f}x, loss relative difference {b['loss_rel_diff']:.1e}",
+        ]
+    if "compile" in results:
+        c = results["compile"]
+        lines += [
+            "",
+            f"torch.compile, ViT-B batch 1: eager {c['eager'] * 1e3:.0f} ms, compiled {c['compiled'] * 1e3:.0f} ms "
+            f"(speed-up {c['eager'] / c['compiled']:.2f}x, compile {c['compile_s']:.0f} s, "
+            f"max abs diff {c['max_diff']:.1e})",
+        ]
+    if "build" in results:
+        b = results["build"]
+        lines += ["", f"Build with random init, ViT-{b['variant']}, fresh process: "
+                  + ", ".join(f"{k} {v:.2f} s" for k, v in b.items() if k != "variant")]  # fmt: skip
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks forward", description=__doc__.splitlines()[0])
+    parser.add_argument("--variants", default="base,large,huge", type=lambda s: s.split(","))
+    parser.add_argument("--batches", default="1,8", type=lambda s: [int(b) for b in s.split(",")])
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32", help="autocast dtype")
+    parser.add_argument("--compile", action="store_true", help="also measure torch.compile (slow to compile)")
+    parser.add_argument("--no-extras", action="store_true", help="only the forward table")
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args(argv)
+    unknown = set(args.variants) - set(VARIANTS)
+    if unknown:
+        parser.error(f"unknown variants {sorted(unknown)}; valid: {', '.join(VARIANTS)}")
+    device, dtype = torch.device(args.device), getattr(torch, args.dtype)
+    results: dict[str, Any] = {"machine": machine(), "device": str(device), "dtype": args.dtype}
+    results["gemm_gflops"] = gemm_rate(device, dtype)
+    results["forward"] = bench_forward(args, device, dtype)
+    if not args.no_extras:
+        results["backward"] = bench_backward(args, device)
+        results["bf16"] = bench_bf16(args, device)
+        results["build"] = bench_build(args)
+    if args.compile:
+        results["compile"] = bench_compile(args, device)
+    print(report(results))
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2) + "\n")
+    return 0
