@@ -36,13 +36,6 @@ class OfficialFile:
         folder = {"visualize": "visualize", "finetuned": "finetune"}.get(self.family, "pretrain")
         return f"{BASE_URL}/{folder}/{self.name}"
 
-    @property
-    def model_name(self) -> str:
-        """The `mae.create_model` name of its architecture."""
-        return {"base": "mae_vit_base_patch16", "large": "mae_vit_large_patch16", "huge": "mae_vit_huge_patch14"}[
-            self.variant
-        ]
-
 
 def _catalogue() -> dict[str, OfficialFile]:
     files = []
