@@ -30,7 +30,7 @@ import torch
 from torch import Tensor
 
 from .files import OfficialFile, official_file
-from .safetensors_io import SafetensorsFormatError, load_file
+from .safetensors_io import SafetensorsFormatError, load_file, read_header
 
 # Official variants: (embed_dim, depth, patch) -> (label, factory, heads).
 KNOWN_VARIANTS = {
@@ -41,6 +41,11 @@ KNOWN_VARIANTS = {
 
 
 TRANSFORMERS_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
+
+
+def is_decoder_key(key: str) -> bool:
+    """A key of the MAE decoder in the official layout (mask_token, decoder_*)."""
+    return key.startswith("decoder_") or key == "mask_token"
 
 
 class CheckpointError(ValueError):
@@ -87,8 +92,6 @@ def read_file(path: str | Path) -> tuple[dict[str, Tensor], str]:
 
 def _looks_like_safetensors(path: Path) -> bool:
     try:
-        from .safetensors_io import read_header
-
         read_header(path)
         return True
     except (SafetensorsFormatError, OSError):

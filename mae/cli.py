@@ -8,8 +8,12 @@ import json
 import logging
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
+
+if TYPE_CHECKING:
+    from .checkpoint import CheckpointInfo
 
 
 def _verify(args: argparse.Namespace) -> int:
@@ -74,11 +78,8 @@ def _inspect(args: argparse.Namespace) -> int:
     return 0
 
 
-def format_info(info: object, path: Path) -> str:
+def format_info(info: CheckpointInfo, path: Path) -> str:
     """The human-readable `mae inspect` text."""
-    from .checkpoint import CheckpointInfo
-
-    assert isinstance(info, CheckpointInfo)
     size = path.stat().st_size if path.is_file() else sum(p.stat().st_size for p in path.iterdir())
     holds = {
         "full": "encoder + decoder",

@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .checkpoint import CheckpointError, CheckpointInfo, read_checkpoint
+from .checkpoint import CheckpointError, CheckpointInfo, is_decoder_key, read_checkpoint
 from .encoder import MAEEncoder
 from .pos_embed import interpolate_pos_embed as resize_pos_embed
 
@@ -69,10 +69,6 @@ class LoadReport:
 def _some(keys: list[str], shown: int = 5) -> str:
     """The first few names of a list, for a message."""
     return ", ".join(keys[:shown]) + (" ..." if len(keys) > shown else "")
-
-
-def _is_decoder_key(key: str) -> bool:
-    return key.startswith("decoder_") or key == "mask_token"
 
 
 def _architecture_error(path: str, info: CheckpointInfo, model: MAEEncoder) -> CheckpointError:
@@ -129,8 +125,8 @@ def _plan(
 
     targets = model.state_dict()
     load_decoder = wants_decoder and info.kind == "full"
-    expected = [k for k in targets if load_decoder or not _is_decoder_key(k)]
-    ignored = [k for k in state_dict if _is_decoder_key(k)] if not wants_decoder else []
+    expected = [k for k in targets if load_decoder or not is_decoder_key(k)]
+    ignored = [k for k in state_dict if is_decoder_key(k)] if not wants_decoder else []
     notes: list[str] = []
     if is_classifier:
         assert isinstance(model, VisionTransformer)
@@ -200,7 +196,7 @@ def _plan(
             "encoder-only checkpoint: the decoder stays randomly initialised, so reconstructions and the loss are "
             f"meaningless (about 1.87 on noise); for reconstruction load {suggestion}"
         )
-    decoder_left = [k for k in unexpected if _is_decoder_key(k)]
+    decoder_left = [k for k in unexpected if is_decoder_key(k)]
     if decoder_left:
         notes.append(f"the file's decoder ({len(decoder_left)} tensors) was not loaded: this model has no decoder")
     if load_decoder:

@@ -31,6 +31,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from .checkpoint import is_decoder_key
 from .files import data_dir
 from .mae import MaskedAutoencoderViT
 from .models import create_model
@@ -102,10 +103,6 @@ def _installed(module: str) -> bool:
     return importlib.util.find_spec(module) is not None
 
 
-def _is_decoder_key(key: str) -> bool:
-    return key.startswith("decoder_") or key == "mask_token"
-
-
 def _same(a: torch.Tensor, b: torch.Tensor) -> bool:
     """Bit equality, where NaN equals NaN (the loss at mask ratio 0 is 0/0 in every implementation)."""
     if torch.equal(a, b):
@@ -121,7 +118,7 @@ def _max_diff(a: torch.Tensor, b: torch.Tensor) -> float:
 def _check_keys(variant: str, model: MaskedAutoencoderViT) -> list[Check]:
     rows = []
     sd = model.state_dict()
-    n_dec = sum(_is_decoder_key(k) for k in sd)
+    n_dec = sum(is_decoder_key(k) for k in sd)
     counts = (len(sd), len(sd) - n_dec, n_dec)
     params = sum(t.numel() for t in sd.values())
     ok = counts == KEY_COUNTS[variant] and params == PARAM_COUNTS[variant]
@@ -149,7 +146,7 @@ def _check_keys(variant: str, model: MaskedAutoencoderViT) -> list[Check]:
         from reference.timm_encoder import timm_encoder_keys
 
         theirs = timm_encoder_keys(variant)
-        ours = {k: tuple(v.shape) for k, v in sd.items() if not _is_decoder_key(k)}
+        ours = {k: tuple(v.shape) for k, v in sd.items() if not is_decoder_key(k)}
         ok = list(ours.items()) == list(theirs.items())
         rows.append(
             Check(
@@ -219,7 +216,7 @@ def _check_transformers(variant: str, model: MaskedAutoencoderViT, imgs: torch.T
 def _check_timm(variant: str, model: MaskedAutoencoderViT, imgs: torch.Tensor, setting: Setting) -> Check:
     from reference.timm_encoder import build_timm_encoder
 
-    encoder = build_timm_encoder(variant, {k: v for k, v in model.state_dict().items() if not _is_decoder_key(k)})
+    encoder = build_timm_encoder(variant, {k: v for k, v in model.state_dict().items() if not is_decoder_key(k)})
     with torch.no_grad(), setting.autocast():
         ours, theirs = model.forward_features(imgs).float(), encoder.forward_features(imgs).float()
     diff = _max_diff(ours, theirs)
