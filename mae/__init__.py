@@ -28,6 +28,7 @@ from .models import (
     mae_vit_large_patch16,
     mae_vit_large_patch16_dec512d8b,
 )
+from .onednn import onednn_available, set_onednn_linear
 
 __version__ = "0.1.0"
 
@@ -52,8 +53,10 @@ __all__ = [
     "mae_vit_huge_patch14_dec512d8b",
     "mae_vit_large_patch16",
     "mae_vit_large_patch16_dec512d8b",
+    "onednn_available",
     "param_groups_lrd",
     "set_fused_attn",
+    "set_onednn_linear",
     "vit_base_patch16",
     "vit_huge_patch14",
     "vit_large_patch16",

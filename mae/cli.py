@@ -58,6 +58,7 @@ def _reconstruct(args: argparse.Namespace) -> int:
         norm_pix=norm_pix,
         device=_device(args.device),
         dtype=_dtype(args.dtype),
+        onednn=args.onednn,
     )
     for note in notes:
         print(note)
@@ -180,6 +181,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("-o", "--output", type=Path, default=Path("reconstruction.png"))
     _add_precision(p)
+    p.add_argument(
+        "--onednn", action="store_true", help="float32 CPU fast path: linear layers by oneDNN (mae.set_onednn_linear)"
+    )
     p.set_defaults(func=_reconstruct)
 
     p = commands.add_parser("inspect", help="say what a checkpoint file holds, without building a model")

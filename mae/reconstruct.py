@@ -22,6 +22,7 @@ import torch
 from torch import Tensor
 
 from .mae import MaskedAutoencoderViT
+from .onednn import set_onednn_linear
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -158,11 +159,16 @@ def run(
     norm_pix: bool | None = None,
     device: torch.device | None = None,
     dtype: torch.dtype = torch.float32,
+    onednn: bool = False,
 ) -> tuple[Path, list[str]]:
     """Build or load the model, reconstruct, write the PNG. Returns the path and the figure's notes.
 
     norm_pix: the model's target; None takes it from the official file name when it tells, else False.
+    onednn: run the linear layers through oneDNN (`mae.set_onednn_linear`; float32 on the CPU only).
     """
+    device = device or torch.device("cpu")
+    if onednn and (device.type != "cpu" or dtype != torch.float32):
+        raise ValueError("--onednn is a float32 CPU fast path: drop it, or use --device cpu --dtype float32")
     from .checkpoint import inspect_checkpoint
     from .models import create_model
 
@@ -186,7 +192,10 @@ def run(
     if model.config.norm_pix_loss:
         notes.append("norm-pix model: predictions mapped back to pixels with each patch's own mean and variance")
     photo = Path(image) if image is not None else sample_photo()
-    model = model.to(device or torch.device("cpu"))
+    model = model.to(device)
+    if onednn:
+        set_onednn_linear(model, True)
+        notes.append("linear layers by oneDNN (float32, within 1e-5 of the default path)")
     result = reconstruct(model, load_image(photo, model.config.img_size), mask_ratio, seed, dtype)
     if dtype != torch.float32:
         notes.append(f"forward in {str(dtype).removeprefix('torch.')} autocast")

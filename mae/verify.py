@@ -4,7 +4,8 @@ For each variant it checks, against every reference that is installed:
 - keys: the official key counts and order, the encoder's keys against timm's MAE encoder, every shape
   against transformers' `ViTMAEForPreTraining`; LayerNorm eps 1e-6 everywhere;
 - forward: under a shared seed, mask and pred (and loss) bit-equal to transformers for mask ratios
-  0.75 / 0 / 0.9 and both reconstruction targets;
+  0.75 / 0 / 0.9 and both reconstruction targets; the opt-in oneDNN fast path (float32, CPU) with
+  the same masks and loss and pred within 1e-5 + 1e-5 x |value|;
 - encoder: full-image features against timm within 1e-5;
 - random-init loss: ViT-L on a noise image lands in [1.6, 1.95] (about 1.74) and equals transformers';
 - official: with $MAE_OFFICIAL_REPO set, the same seed gives bit-identical weights and outputs;
@@ -35,6 +36,7 @@ from .checkpoint import is_decoder_key
 from .files import data_dir
 from .mae import MaskedAutoencoderViT
 from .models import create_model
+from .onednn import onednn_available, set_onednn_linear
 
 VARIANTS = {
     "base": ("mae_vit_base_patch16", "ViT-B/16"),
@@ -54,6 +56,8 @@ CHECKPOINT_LOSSES = {
 RATIOS = (0.75, 0.0, 0.9)
 CPU = torch.device("cpu")
 REDUCED_PRECISION_LOSS = 0.01  # in bf16/fp16 autocast, losses must agree within 1 % (relative)
+# The oneDNN fast path (mae/onednn.py) sums in another order: loss and pred within atol + rtol x |value|.
+FAST_PATH_ATOL, FAST_PATH_RTOL = 1e-5, 1e-5
 
 
 @dataclass(frozen=True)
@@ -180,6 +184,8 @@ def _check_transformers(variant: str, model: MaskedAutoencoderViT, imgs: torch.T
 
     hf = build_hf(model.config, model.state_dict())
     rows = []
+    fast = _fast_path_reason(setting)  # None: the oneDNN fast path is checked too
+    fast_ok, fast_worst = True, 0.0
     saved = model.config
     try:
         for target in (False, True):
@@ -196,6 +202,10 @@ def _check_transformers(variant: str, model: MaskedAutoencoderViT, imgs: torch.T
                 bits &= all(_same(a, b) for a, b in ((loss, h_loss), (pred, h_pred), (mask, h_mask)))
                 worst = max(worst, _max_diff(pred, h_pred), _max_diff(loss, h_loss))
                 losses.append(f"{loss.item():.4f}")
+                if fast is None:
+                    outputs = _onednn_forward(model, imgs, ratio)
+                    fast_ok &= _within_fast_path_tolerance(outputs, (h_loss, h_pred, h_mask))
+                    fast_worst = max(fast_worst, _max_diff(outputs[1], h_pred), _max_diff(outputs[0], h_loss))
             name = "forward, norm-pix target" if target else "forward, pixel target"
             rows.append(
                 Check(
@@ -210,7 +220,53 @@ def _check_transformers(variant: str, model: MaskedAutoencoderViT, imgs: torch.T
             )
     finally:
         model.config = saved
+    name = "forward, oneDNN fast path"
+    if fast is not None:
+        rows.append(Check(variant, name, "transformers", "skip", fast))
+    else:
+        rows.append(
+            Check(
+                variant,
+                name,
+                "transformers",
+                "pass" if fast_ok else "FAIL",
+                f"both targets, ratios {'/'.join(map(str, RATIOS))}: mask equal, "
+                f"max abs diff {fast_worst:.1e} (tolerance {FAST_PATH_ATOL:g} abs + {FAST_PATH_RTOL:g} rel)",
+            )
+        )
     return rows
+
+
+def _fast_path_reason(setting: Setting) -> str | None:
+    """Why the oneDNN fast path is not checked in this setting, or None when it is."""
+    if setting.device.type != "cpu" or not setting.exact:
+        return "the fast path concerns float32 on the CPU"
+    if not onednn_available():
+        return "this PyTorch build has no oneDNN"
+    return None
+
+
+def _onednn_forward(model: MaskedAutoencoderViT, imgs: torch.Tensor, ratio: float) -> tuple[torch.Tensor, ...]:
+    set_onednn_linear(model, True)
+    try:
+        with torch.no_grad():
+            torch.manual_seed(0)
+            return tuple(model(imgs, mask_ratio=ratio))
+    finally:
+        set_onednn_linear(model, False)
+
+
+def _within_fast_path_tolerance(a: tuple[torch.Tensor, ...], b: tuple[torch.Tensor, ...]) -> bool:
+    """(loss, pred, mask): masks bit-equal; loss and pred within FAST_PATH_ATOL + FAST_PATH_RTOL x |b|."""
+    if not _same(a[2], b[2]):
+        return False
+    for x, y in zip(a[:2], b[:2], strict=True):
+        if not torch.equal(x.isnan(), y.isnan()):
+            return False
+        x, y = x.nan_to_num(0.0), y.nan_to_num(0.0)
+        if not ((x - y).abs() <= FAST_PATH_ATOL + FAST_PATH_RTOL * y.abs()).all():
+            return False
+    return True
 
 
 def _check_timm(variant: str, model: MaskedAutoencoderViT, imgs: torch.Tensor, setting: Setting) -> Check:

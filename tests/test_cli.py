@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
+import torch
 
 from mae import verify
+from mae.onednn import onednn_available
 
 
 @pytest.mark.xdist_group("base")
@@ -31,15 +35,26 @@ def test_verify_base_passes_and_writes_a_json_report(tmp_path: Path) -> None:
     assert statuses[("keys: official counts", "official")] == "pass"
     assert statuses[("encoder features", "timm")] == "pass"
     assert statuses[("forward, norm-pix target", "transformers")] == "pass"
+    fast_path = statuses[("forward, oneDNN fast path", "transformers")]
+    assert fast_path == ("pass" if onednn_available() else "skip")
     assert {r["status"] for r in rows} <= {"pass", "skip", "info"}
 
 
 @pytest.mark.xdist_group("base")
 def test_a_failing_check_fails_the_run(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setitem(verify.PARAM_COUNTS, "base", 1)
+    forward = verify._onednn_forward
+
+    def off_by_1e4(*args: Any) -> tuple[torch.Tensor, ...]:
+        loss, pred, mask = forward(*args)
+        return loss, pred + 1e-4, mask
+
+    monkeypatch.setattr(verify, "_onednn_forward", off_by_1e4)
     report = tmp_path / "report.md"
     assert verify.run(["base"], report) == 1
     assert "| ViT-B/16 | keys: official counts | official | FAIL |" in report.read_text()
+    if onednn_available() and importlib.util.find_spec("transformers"):
+        assert "| ViT-B/16 | forward, oneDNN fast path | transformers | FAIL |" in report.read_text()
 
 
 def test_help_lists_verify() -> None:
@@ -76,8 +91,6 @@ def test_inspect_refuses_a_malicious_file(tmp_path: Path) -> None:
         def __reduce__(self) -> tuple[object, tuple[str]]:
             return (os.system, (f"touch {tmp_path / 'PWNED'}",))
 
-    import torch
-
     torch.save({"model": Payload()}, tmp_path / "evil.pth")
     done = run_mae("inspect", str(tmp_path / "evil.pth"))
     assert done.returncode == 1 and "refused to load" in done.stderr
@@ -85,8 +98,6 @@ def test_inspect_refuses_a_malicious_file(tmp_path: Path) -> None:
 
 
 def test_convert_round_trip_through_the_command(tmp_path: Path) -> None:
-    import torch
-
     done = run_mae("convert", str(FIXTURE), str(tmp_path / "w.safetensors"))
     assert done.returncode == 0 and "wrote" in done.stdout, done.stderr
     done = run_mae("convert", str(tmp_path / "w.safetensors"), str(tmp_path / "back.pth"))
@@ -138,19 +149,17 @@ def test_download_through_the_command_from_a_loopback_server(tmp_path: Path) -> 
 @pytest.mark.xdist_group("base")
 def test_verify_in_bfloat16_autocast(tmp_path: Path) -> None:
     pytest.importorskip("transformers")
-    import torch
-
     report = tmp_path / "bf16.json"
     assert verify.run(["base"], report, verify.Setting(torch.device("cpu"), torch.bfloat16)) == 0
     rows = {(r["check"], r["reference"]): r for r in json.loads(report.read_text())}
     assert rows[("forward, pixel target", "transformers")]["status"] == "pass"  # measured: even bit-equal
     assert rows[("bfloat16 loss vs float32", "ours, float32")]["status"] == "pass"
     assert rows[("encoder features", "timm")]["status"] == "pass"
+    fast_path = rows[("forward, oneDNN fast path", "transformers")]
+    assert fast_path["status"] == "skip" and fast_path["detail"] == "the fast path concerns float32 on the CPU"
 
 
 def test_unavailable_cuda_is_a_clear_error() -> None:
-    import torch
-
     if torch.cuda.is_available():
         pytest.skip("this machine has CUDA")
     done = run_mae("verify", "--variant", "base", "--device", "cuda")

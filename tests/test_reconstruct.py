@@ -105,6 +105,12 @@ def test_untrained_and_norm_pix_figures_say_so(tmp_path: Path) -> None:
     assert notes[0].startswith("UNTRAINED: no checkpoint")
     _, bf16_notes = rc.run(None, None, tmp_path / "d.png", model_name="mae_vit_base_patch16", dtype=torch.bfloat16)
     assert "forward in bfloat16 autocast" in bf16_notes
+    if mae.onednn_available():
+        _, fast_notes = rc.run(None, None, tmp_path / "e.png", model_name="mae_vit_base_patch16", onednn=True)
+        assert any(n.startswith("linear layers by oneDNN") for n in fast_notes)
+        assert fast_notes[-1] == notes[-1]  # the same model, mask and image: the loss agrees to 4 decimals
+    with pytest.raises(ValueError, match="--onednn is a float32 CPU fast path"):
+        rc.run(None, None, tmp_path / "f.png", dtype=torch.bfloat16, onednn=True)
     figure = read_png(tmp_path / "c.png")
     note_row = figure[rc.TITLE_HEIGHT + 224 + rc.GAP :]
     assert ((note_row[..., 0] > 150) & (note_row[..., 1] < 60)).any()  # the red warning is drawn
