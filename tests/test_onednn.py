@@ -187,6 +187,7 @@ def test_switch_keeps_modules_parameters_and_state_dict() -> None:
 
 
 @needs_onednn
+@pytest.mark.filterwarnings("ignore:Initializing zero-element tensors is a no-op")
 @pytest.mark.parametrize(
     "case",
     ["bfloat16 weights", "bfloat16 autocast", "float64", "vector input", "meta device", "no input features"],
