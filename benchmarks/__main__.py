@@ -1,4 +1,7 @@
-"""`python -m benchmarks {forward,load} ...`: run a benchmark (see benchmarks/README.md)."""
+"""`python -m benchmarks [forward|load|all] ...`: run a benchmark (see benchmarks/README.md).
+
+Without a name, `all`: the forward benchmark, then the load benchmark, each with its defaults.
+"""
 
 from __future__ import annotations
 
@@ -6,11 +9,19 @@ import sys
 
 from . import forward, load
 
-COMMANDS = {"forward": forward.main, "load": load.main}
+
+def run_all(argv: list[str]) -> int:
+    if argv:
+        sys.exit("`all` takes no options; run `forward` and `load` separately to pass options")
+    return forward.main([]) or load.main([])
+
+
+COMMANDS = {"forward": forward.main, "load": load.main, "all": run_all}
 
 if __name__ == "__main__":
-    name = sys.argv[1] if len(sys.argv) > 1 and not sys.argv[1].startswith("-") else "forward"
-    rest = sys.argv[2:] if len(sys.argv) > 1 and not sys.argv[1].startswith("-") else sys.argv[1:]
+    name = sys.argv[1] if len(sys.argv) > 1 else "all"
+    if name.startswith("-"):
+        sys.exit(f"name a benchmark before its options, e.g. python -m benchmarks forward {name}")
     if name not in COMMANDS:
         sys.exit(f"unknown benchmark {name!r}; valid: {', '.join(COMMANDS)}")
-    sys.exit(COMMANDS[name](rest))
+    sys.exit(COMMANDS[name](sys.argv[2:]))
