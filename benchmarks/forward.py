@@ -4,8 +4,9 @@ Measured in one process, the implementations alternating inside every repetition
 - pretraining forward (loss, pred, mask) under `torch.inference_mode`, per variant and batch size, with
   the same weights and masking noise for all implementations; ours twice on float32 CPUs: the default
   path (bit-equal to the references) and the oneDNN fast path (`mae.set_onednn_linear`); achieved
-  GFLOP/s (matrix products counted from the configuration, `benchmarks.flops`) against the large-GEMM
-  rate measured in the same run, the faster of PyTorch's default product and oneDNN's;
+  GFLOP/s (matrix products counted from the configuration, `benchmarks.flops`) against the ceiling: a
+  4096x4096 product by PyTorch's default and by oneDNN, timed inside each row's alternation, the faster;
+- a goals table: each goal of the performance issue with the measured value and a verdict;
 - forward + backward at batch 8 for ViT-B (train mode, same weights and noise);
 - bf16 autocast against fp32 for ours (speed and loss difference);
 - optionally (`--compile`) torch.compile against eager for ours at batch 1;
@@ -66,16 +67,18 @@ def fast_path_applies(device: torch.device, dtype: torch.dtype) -> bool:
     return device.type == "cpu" and dtype == torch.float32 and mae.onednn_available()
 
 
-def gemm_rates(device: torch.device, dtype: torch.dtype, n: int = 4096, repeats: int = 5) -> dict[str, float]:
-    """GFLOP/s of a large square matrix product, by PyTorch's default (`a @ b`) and, for float32 on the
-    CPU, by oneDNN: the faster is the practical ceiling of these forwards."""
+def gemm_products(device: torch.device, dtype: torch.dtype, n: int = 4096) -> dict[str, Callable[[], Any]]:
+    """Large square matrix products, by PyTorch's default (`a @ b`) and, for float32 on the CPU, by
+    oneDNN: the faster one's rate is the practical ceiling of these forwards. Each costs 2 n^3 FLOPs."""
     a = torch.randn(n, n, device=device, dtype=dtype)
     b = torch.randn(n, n, device=device, dtype=dtype)
-    products = {"default": lambda: a @ b}
+    products: dict[str, Callable[[], Any]] = {"gemm default": lambda: a @ b}
     if fast_path_applies(device, dtype):
-        products["oneDNN"] = lambda: torch.ops.mkldnn._linear_pointwise(a, b, None, "none", [], "")  # a @ b.T
-    seconds = timed(products, repeats, device)
-    return {name: 2 * n**3 / s / 1e9 for name, s in seconds.items()}
+        products["gemm oneDNN"] = lambda: torch.ops.mkldnn._linear_pointwise(a, b, None, "none", [], "")  # a @ b.T
+    return products
+
+
+GEMM_FLOPS = 2 * 4096**3
 
 
 def _implementations(variant: str, device: torch.device, dtype: torch.dtype) -> dict[str, Any]:
@@ -135,9 +138,15 @@ def bench_forward(args: argparse.Namespace, device: torch.device, dtype: torch.d
 
                 return go
 
-            seconds = timed({name: run(name, m) for name, m in models.items()}, args.repeats, device)
+            # The ceiling is timed inside the same alternation, so that it sees the same machine state.
+            functions = {name: run(name, m) for name, m in models.items()} | gemm_products(device, dtype)
+            seconds = timed(functions, args.repeats, device)
+            ceiling = {name.removeprefix("gemm "): GEMM_FLOPS / seconds.pop(name) / 1e9 for name in list(seconds)
+                       if name.startswith("gemm ")}  # fmt: skip
             flops = forward_flops(config, 0.75, batch)
-            rows.append({"variant": variant, "batch": batch, "seconds": seconds, "gflops": flops / 1e9})
+            rows.append(
+                {"variant": variant, "batch": batch, "seconds": seconds, "gflops": flops / 1e9, "gemm_gflops": ceiling}
+            )
             line = ", ".join(f"{n} {s * 1e3:.0f} ms" for n, s in seconds.items())
             print(f"[forward] {variant} batch {batch}: {line}", file=sys.stderr)
         del models
@@ -254,24 +263,67 @@ def machine() -> str:
     return f"{os.cpu_count()} CPUs ({cpu}), torch {torch.__version__}, {torch.get_num_threads()} threads"
 
 
+def goals(results: dict[str, Any], names: list[str]) -> list[str]:
+    """The issue's goals, each with the measured range per path and a verdict."""
+    rows = results["forward"]
+
+    def worst(name: str, other: str, batch: int | None = None) -> float | None:
+        values = [r["seconds"][name] / r["seconds"][other] for r in rows
+                  if other in r["seconds"] and (batch is None or r["batch"] == batch)]  # fmt: skip
+        return max(values) if values else None
+
+    lines = ["| goal | " + " | ".join(names) + " |", "|---" * (1 + len(names)) + "|"]
+
+    def add(goal: str, measure: Callable[[str], float | None], bound: float, above: bool = False) -> None:
+        cells = []
+        for name in names:
+            value = measure(name)
+            ok = value is not None and (value >= bound if above else value <= bound)
+            cells.append("not measured" if value is None else f"{value:.3g}: {'met' if ok else 'missed'}")
+        lines.append(f"| {goal} | " + " | ".join(cells) + " |")
+
+    add("worst ours/official, batch 1 (<= 0.90)", lambda n: worst(n, "official", 1), GOALS["official_b1"])
+    add("worst ours/official, batch 8 (<= 1.00)", lambda n: worst(n, "official", 8), GOALS["official_b8"])
+    add("worst ours/transformers (<= 0.90)", lambda n: worst(n, "transformers"), GOALS["transformers"])
+    large8 = [r for r in rows if r["variant"] == "large" and r["batch"] == 8]
+    add(
+        "ViT-L batch 8, fraction of the ceiling (>= 0.85)",
+        lambda n: large8[0]["gflops"] / large8[0]["seconds"][n] / _ceiling(large8[0]) if large8 else None,
+        GOALS["gemm_fraction"],
+        above=True,
+    )
+    if "bf16" in results:
+        b = results["bf16"]
+        ok = b["fp32"] / b["bf16"] >= GOALS["bf16_speedup"] and b["loss_rel_diff"] <= 0.01
+        lines.append(
+            f"| bf16 autocast >= 1.5x float32, loss within 1 % (default path) | {b['fp32'] / b['bf16']:.2f}x, "
+            f"{b['loss_rel_diff']:.1e}: {'met' if ok else 'missed'} |" + " |" * (len(names) - 1)
+        )
+    return lines
+
+
+def _ceiling(row: dict[str, Any]) -> float:
+    return float(max(row["gemm_gflops"].values()))
+
+
 def report(results: dict[str, Any]) -> str:
-    rates = results["gemm_gflops"]
-    gemm = max(rates.values())
     fast = any(FAST in row["seconds"] for row in results["forward"])
     names = ["ours", FAST] if fast else ["ours"]
+    ceilings = sorted({k for row in results["forward"] for k in row["gemm_gflops"]})
     lines = [
-        f"Machine: {results['machine']}; device {results['device']}, dtype {results['dtype']}; large-GEMM rate "
-        + ", ".join(f"{k} {v:.0f} GFLOP/s" for k, v in rates.items())
-        + ".",
+        f"Machine: {results['machine']}; device {results['device']}, dtype {results['dtype']}. The ceiling is a "
+        f"4096x4096 product ({', '.join(ceilings)}) timed in each row's alternation; % is of the faster.",
         "",
         "| variant | batch | "
         + " | ".join(f"{n} (ms)" for n in names)
         + " | transformers (ms) | official (ms) | "
         + " | ".join(f"{n}/transformers | {n}/official" for n in names)
-        + " | "
-        + " | ".join(f"{n} GFLOP/s (% of {gemm:.0f})" for n in names)
+        + " | ceiling GFLOP/s ("
+        + ", ".join(ceilings)
+        + ") | "
+        + " | ".join(f"{n} GFLOP/s (% of ceiling)" for n in names)
         + " |",
-        "|---" * (4 + 4 * len(names)) + "|",
+        "|---" * (5 + 4 * len(names)) + "|",
     ]
 
     def ms(value: float | None) -> str:
@@ -281,12 +333,14 @@ def report(results: dict[str, Any]) -> str:
         return f"{ours / other:.3f}" if other else "-"
 
     for row in results["forward"]:
-        s = row["seconds"]
+        s, top = row["seconds"], _ceiling(row)
         hf, off = s.get("transformers"), s.get("official")
         cells = [row["variant"], str(row["batch"]), *(ms(s[n]) for n in names), ms(hf), ms(off)]
         cells += [f"{ratio(s[n], hf)} | {ratio(s[n], off)}" for n in names]
-        cells += [f"{row['gflops'] / s[n]:.0f} ({100 * row['gflops'] / s[n] / gemm:.0f} %)" for n in names]
+        cells.append(", ".join(f"{row['gemm_gflops'][k]:.0f}" for k in ceilings))
+        cells += [f"{row['gflops'] / s[n]:.0f} ({100 * row['gflops'] / s[n] / top:.0f} %)" for n in names]
         lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", *goals(results, names)]
     if "backward" in results:
         b = results["backward"]
         lines += ["", "Forward + backward, ViT-B batch 8: " + ", ".join(f"{k} {v * 1e3:.0f} ms" for k, v in b.items())]
@@ -328,7 +382,6 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unknown variants {sorted(unknown)}; valid: {', '.join(VARIANTS)}")
     device, dtype = torch.device(args.device), getattr(torch, args.dtype)
     results: dict[str, Any] = {"machine": machine(), "device": str(device), "dtype": args.dtype}
-    results["gemm_gflops"] = gemm_rates(device, dtype)
     results["forward"] = bench_forward(args, device, dtype)
     if not args.no_extras:
         results["backward"] = bench_backward(args, device)

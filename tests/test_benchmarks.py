@@ -30,11 +30,17 @@ def test_forward_benchmark_times_every_implementation(tmp_path: Path, capsys: py
     fast = mae.onednn_available()
     expected = {"ours", "transformers"} | ({forward.FAST} if fast else set())
     assert expected <= set(results["forward"][0]["seconds"])
-    assert set(results["gemm_gflops"]) == ({"default", "oneDNN"} if fast else {"default"})
-    assert all(v > 0 for v in results["gemm_gflops"].values())
-    rows = _table_rows(capsys.readouterr().out)
+    ceiling = results["forward"][0]["gemm_gflops"]
+    assert set(ceiling) == ({"default", "oneDNN"} if fast else {"default"})
+    assert all(v > 0 for v in ceiling.values())
+    text = capsys.readouterr().out
+    table = text[: text.index("| goal |")]
+    rows = _table_rows(table)
     assert len(rows) == 2 and len({len(r) for r in rows}) == 1  # header and one row, as many cells
     assert rows[1][:2] == ["base", "1"]
+    goals = _table_rows(text[text.index("| goal |") :])
+    assert goals[1][0].startswith("worst ours/official, batch 1") and goals[1][1] == "not measured"  # no official
+    assert goals[4][0].startswith("ViT-L batch 8") and goals[4][1] == "not measured"  # base only
 
 
 def test_report_with_every_section_is_well_formed() -> None:
@@ -43,8 +49,15 @@ def test_report_with_every_section_is_well_formed() -> None:
         "machine": "test",
         "device": "cpu",
         "dtype": "float32",
-        "gemm_gflops": {"default": 200.0, "oneDNN": 400.0},
-        "forward": [{"variant": "large", "batch": 8, "seconds": seconds, "gflops": 200.0}],
+        "forward": [
+            {
+                "variant": "large",
+                "batch": 8,
+                "seconds": seconds,
+                "gflops": 200.0,
+                "gemm_gflops": {"default": 200.0, "oneDNN": 400.0},
+            }
+        ],
         "backward": {"ours": 2.0, forward.FAST: 1.0},
         "bf16": {"variant": "large", "fp32": 1.0, "bf16": 0.5, "loss_rel_diff": 1e-4},
         "build": {"variant": "large", "ours": 2.0},
@@ -54,8 +67,16 @@ def test_report_with_every_section_is_well_formed() -> None:
     assert header.count("|") == separator.count("|") == row.count("|")
     cells = dict(zip(_cells(header), _cells(row), strict=True))
     assert cells["ours+oneDNN/official"] == f"{0.5 / 1.05:.3f}"
-    assert cells["ours GFLOP/s (% of 400)"] == "200 (50 %)"
+    assert cells["ceiling GFLOP/s (default, oneDNN)"] == "200, 400"
+    assert cells["ours GFLOP/s (% of ceiling)"] == "200 (50 %)"
+    assert cells["ours+oneDNN GFLOP/s (% of ceiling)"] == "400 (100 %)"
     assert "speed-up 2.00x" in text
+    goals = {r[0]: r[1:] for r in _table_rows(text[text.index("| goal |") :])}
+    assert goals["worst ours/official, batch 8 (<= 1.00)"] == ["0.952: met", "0.476: met"]
+    assert goals["worst ours/transformers (<= 0.90)"] == ["0.909: missed", "0.455: met"]
+    assert goals["ViT-L batch 8, fraction of the ceiling (>= 0.85)"] == ["0.5: missed", "1: met"]
+    assert goals["worst ours/official, batch 1 (<= 0.90)"] == ["not measured", "not measured"]
+    assert goals["bf16 autocast >= 1.5x float32, loss within 1 % (default path)"][0] == "2.00x, 1.0e-04: met"
 
 
 def test_options_without_a_benchmark_name_are_refused_with_a_hint() -> None:
