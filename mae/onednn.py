@@ -85,8 +85,10 @@ def _backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, Tensor | None, Ten
 
 
 def _product(a: Tensor, b_transposed: Tensor) -> Tensor:
-    """a @ b_transposed.T by oneDNN, differentiable."""
-    return onednn_linear(a, b_transposed, None)
+    """a @ b_transposed.T, differentiable: by oneDNN where it applies (not, e.g., for an empty batch)."""
+    if _takes_onednn_route(a, b_transposed):
+        return onednn_linear(a, b_transposed, None)
+    return a @ b_transposed.t()
 
 
 onednn_linear.register_autograd(_backward, setup_context=_setup_context)
@@ -121,5 +123,5 @@ def set_onednn_linear(module: nn.Module, enabled: bool) -> nn.Module:
 
 
 def uses_onednn_linear(module: nn.Module) -> bool:
-    """True when at least one linear layer inside `module` takes the oneDNN route."""
+    """True when at least one linear layer inside `module` is switched to oneDNN."""
     return any(type(m) is OneDNNLinear for m in module.modules())

@@ -164,3 +164,14 @@ def test_unavailable_cuda_is_a_clear_error() -> None:
         pytest.skip("this machine has CUDA")
     done = run_mae("verify", "--variant", "base", "--device", "cuda")
     assert done.returncode == 1 and "CUDA is not available on this machine" in done.stderr
+
+
+def test_reconstruct_onednn_outside_float32_cpu_is_a_clear_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from mae.cli import main
+
+    out = tmp_path / "r.png"
+    assert main(["reconstruct", "--onednn", "--dtype", "bfloat16", "-o", str(out)]) == 1
+    assert "--onednn is a float32 CPU fast path" in capsys.readouterr().err
+    assert not out.exists()

@@ -131,7 +131,7 @@ def test_the_operator_passes_opcheck() -> None:
 
 
 @needs_onednn
-@pytest.mark.parametrize("shape", [(5, 8), (2, 3, 8), (2, 2, 3, 8)])
+@pytest.mark.parametrize("shape", [(5, 8), (2, 3, 8), (2, 2, 3, 8), (0, 8)])
 @pytest.mark.parametrize("bias", [True, False])
 def test_backward_formulas_equal_autograd_of_f_linear(shape: tuple[int, ...], bias: bool) -> None:
     layer = torch.nn.Linear(8, 6, bias=bias)
