@@ -67,18 +67,19 @@ def fast_path_applies(device: torch.device, dtype: torch.dtype) -> bool:
     return device.type == "cpu" and dtype == torch.float32 and mae.onednn_available()
 
 
-def gemm_products(device: torch.device, dtype: torch.dtype, n: int = 4096) -> dict[str, Callable[[], Any]]:
-    """Large square matrix products, by PyTorch's default (`a @ b`) and, for float32 on the CPU, by
-    oneDNN: the faster one's rate is the practical ceiling of these forwards. Each costs 2 n^3 FLOPs."""
-    a = torch.randn(n, n, device=device, dtype=dtype)
-    b = torch.randn(n, n, device=device, dtype=dtype)
+GEMM_SIZE = 4096
+GEMM_FLOPS = 2 * GEMM_SIZE**3
+
+
+def gemm_products(device: torch.device, dtype: torch.dtype) -> dict[str, Callable[[], Any]]:
+    """GEMM_SIZE^2 matrix products, by PyTorch's default (`a @ b`) and, for float32 on the CPU, by
+    oneDNN: the faster one's rate is the practical ceiling of these forwards. Each costs GEMM_FLOPS."""
+    a = torch.randn(GEMM_SIZE, GEMM_SIZE, device=device, dtype=dtype)
+    b = torch.randn(GEMM_SIZE, GEMM_SIZE, device=device, dtype=dtype)
     products: dict[str, Callable[[], Any]] = {"gemm default": lambda: a @ b}
     if fast_path_applies(device, dtype):
         products["gemm oneDNN"] = lambda: torch.ops.mkldnn._linear_pointwise(a, b, None, "none", [], "")  # a @ b.T
     return products
-
-
-GEMM_FLOPS = 2 * 4096**3
 
 
 def _implementations(variant: str, device: torch.device, dtype: torch.dtype) -> dict[str, Any]:
