@@ -98,6 +98,12 @@ def _looks_like_safetensors(path: Path) -> bool:
         return False
 
 
+def load_object(path: str | Path) -> Any:
+    """What `torch.load` reads from `path`, safely (weights_only, `argparse.Namespace` allowed); on any
+    failure a `CheckpointError` naming the file. For training checkpoints, whose optimizer state is needed too."""
+    return _torch_load(Path(path))
+
+
 def _torch_load(path: Path) -> Any:
     """torch.load with weights_only=True (and mmap when the file is a zip archive)."""
     fix_corrupt = "The file is truncated or corrupt: download it again (`mae download NAME` resumes and checks it)."

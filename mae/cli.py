@@ -1,4 +1,8 @@
-"""The `mae` command line (also `python -m mae`): verify, reconstruct, inspect, convert, download."""
+"""The `mae` command line (also `python -m mae`): pretrain, plot, verify, reconstruct, inspect, convert, download.
+
+Each training command's flags are defined beside its trainer (`mae.train.pretrain.add_arguments`); this
+module only registers the sub-commands.
+"""
 
 from __future__ import annotations
 
@@ -147,9 +151,38 @@ def _download(args: argparse.Namespace) -> int:
     return 0
 
 
+def _pretrain(args: argparse.Namespace) -> int:
+    from .train.pretrain import run
+
+    return run(args)
+
+
+def _plot(args: argparse.Namespace) -> int:
+    from .plot import plot_log
+
+    print(f"wrote {plot_log(args.log, args.output)}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mae", description="Masked Autoencoders (He et al., 2022) in PyTorch.")
     commands = parser.add_subparsers(dest="command", required=True)
+
+    from .train.pretrain import add_arguments as add_pretrain_arguments
+
+    p = commands.add_parser(
+        "pretrain",
+        help="pre-train an MAE on a folder of images: the official main_pretrain.py recipe and flags",
+        description="The official recipe (He et al., 2022) under the official main_pretrain.py flag names. "
+        "Under torchrun (`torchrun --nproc_per_node N -m mae pretrain ...`) it runs DistributedDataParallel.",
+    )
+    add_pretrain_arguments(p)
+    p.set_defaults(func=_pretrain)
+
+    p = commands.add_parser("plot", help="draw the loss and lr curves of a run's log.txt")
+    p.add_argument("log", type=Path, help="OUTPUT/log.txt (or the OUTPUT folder)")
+    p.add_argument("-o", "--output", type=Path, default=Path("curve.png"))
+    p.set_defaults(func=_plot)
 
     p = commands.add_parser(
         "verify",

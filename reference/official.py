@@ -7,18 +7,32 @@ only while it is imported and built:
   drops that argument and is otherwise timm's Block, so construction draws the same random numbers;
 - numpy removed the alias `np.float` (used by `util/pos_embed.py`): it is set to the builtin `float`,
   which is what it always meant.
+
+`run_official_pretrain` runs the official `main_pretrain.main` itself, with six more shims, applied
+only while it runs and undone after: it asserts `timm.__version__ == "0.3.2"` (the version is shown as
+that); it imports `torch._six.inf` (a stand-in module gives `math.inf`) and
+`timm.optim.optim_factory.add_weight_decay` (now `param_groups_weight_decay`, the same groups); it
+calls `torch.cuda.synchronize()` after every step (a no-op on a machine without CUDA); it imports
+tensorboard's `SummaryWriter` (a stand-in that records nothing, where tensorboard is not installed);
+its resume calls `torch.load` with the current default `weights_only=True`, which refuses the
+`argparse.Namespace` its own checkpoints hold (allowed while it runs); and it replaces `builtins.print`
+(restored after).
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import importlib
 import os
 import sys
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
 from typing import Any
+
+from torch import nn
 
 ENV_VAR = "MAE_OFFICIAL_REPO"
 FACTORIES = {
@@ -75,6 +89,105 @@ def _shims() -> Iterator[None]:
         setattr(tvt, "Block", original_block)  # noqa: B010
         if not had_float:
             delattr(np, "float")
+
+
+@contextlib.contextmanager
+def _training_shims() -> Iterator[None]:
+    import argparse
+    import builtins
+    import math
+
+    import timm
+    import timm.optim
+    import torch
+
+    saved_version, saved_print, saved_sync = timm.__version__, builtins.print, torch.cuda.synchronize
+    saved_modules = {name: sys.modules.get(name) for name in ("torch._six", "torch.utils.tensorboard")}
+    six = ModuleType("torch._six")
+    six.inf = math.inf  # type: ignore[attr-defined]
+    sys.modules["torch._six"] = six
+    try:
+        import torch.utils.tensorboard
+    except ImportError:
+        board = ModuleType("torch.utils.tensorboard")
+        board.SummaryWriter = _NullSummaryWriter  # type: ignore[attr-defined]
+        sys.modules["torch.utils.tensorboard"] = board
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # timm's deprecated module path, torch.cuda.amp
+        import timm.optim.optim_factory as optim_factory
+
+        had_add = hasattr(optim_factory, "add_weight_decay")  # timm 0.3.2's name for the same groups
+        if not had_add:
+            optim_factory.add_weight_decay = timm.optim.param_groups_weight_decay  # type: ignore[attr-defined]
+        timm.__version__ = "0.3.2"
+        if not torch.cuda.is_available():
+            torch.cuda.synchronize = lambda device=None: None
+        try:
+            with torch.serialization.safe_globals([argparse.Namespace]):
+                yield
+        finally:
+            timm.__version__ = saved_version
+            builtins.print = saved_print
+            torch.cuda.synchronize = saved_sync
+            if not had_add:
+                delattr(optim_factory, "add_weight_decay")
+            for name, module in saved_modules.items():
+                if module is None:
+                    sys.modules.pop(name, None)
+                else:
+                    sys.modules[name] = module
+
+
+class _NullSummaryWriter:
+    """Stands in for tensorboard's SummaryWriter where tensorboard is not installed: records nothing."""
+
+    def __init__(self, log_dir: str | None = None, **kwargs: Any) -> None:
+        self.log_dir = log_dir
+
+    def add_scalar(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+    def flush(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def run_official_pretrain(argv: list[str], model_kwargs: dict[str, Any] | None = None) -> None:
+    """Run the official `main_pretrain.py` with command-line `argv`, in this process, under the shims.
+
+    `model_kwargs` (optional) replaces the model that `--model` names by the official
+    `MaskedAutoencoderViT(**model_kwargs, norm_pix_loss=...)`, so small configurations can be trained.
+    The official script reads `DATA/train`; pass `--device cpu` where there is no GPU.
+    """
+    reason = skip_reason()
+    if reason:
+        raise OfficialRepoUnavailable(reason)
+    repo = str(official_repo())
+    names = ("main_pretrain", "engine_pretrain", "models_mae", "models_vit", "util")
+    saved = {n: sys.modules.pop(n) for n in list(sys.modules) if n in names or n.startswith("util.")}
+    sys.path.insert(0, repo)
+    try:
+        with _shims(), _training_shims():
+            main_pretrain = importlib.import_module("main_pretrain")
+            args = main_pretrain.get_args_parser().parse_args(argv)
+            if model_kwargs is not None:
+                official_class = main_pretrain.models_mae.MaskedAutoencoderViT
+                norm_layer = functools.partial(nn.LayerNorm, eps=1e-6)
+
+                def factory(**kwargs: Any) -> Any:
+                    return official_class(**model_kwargs, norm_layer=norm_layer, **kwargs)
+
+                setattr(main_pretrain.models_mae, args.model, factory)
+            if args.output_dir:
+                Path(args.output_dir).mkdir(parents=True, exist_ok=True)
+            main_pretrain.main(args)
+    finally:
+        sys.path.remove(repo)
+        for loaded in [n for n in sys.modules if n in names or n.startswith("util.")]:
+            del sys.modules[loaded]
+        sys.modules.update(saved)
 
 
 _modules: dict[str, ModuleType] = {}

@@ -1,0 +1,160 @@
+"""The pre-training data: a folder of images, the official augmentation, and the distributed loader.
+
+Like the official script, ``--data_path DATA`` reads ``DATA/train`` when that folder exists, else ``DATA``.
+A folder whose sub-folders hold the images is read as torchvision's ``ImageFolder`` (same order, same
+files as the official script); a folder holding the images themselves is read as a flat list. Labels are
+not used in pre-training. Every problem that can be seen before training starts is reported then, with
+the path: a missing or empty folder, no images, an image that cannot be opened.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+CHECK_ALL_UP_TO = 50_000  # larger folders: a random 1,000 are opened up front; the rest name themselves on failure
+
+
+def _torchvision() -> Any:
+    try:
+        import torchvision
+    except ImportError as e:
+        raise ImportError("training needs torchvision and Pillow: pip install 'mae[train]'") from e
+    return torchvision
+
+
+def pretrain_transform(input_size: int) -> Callable[[Any], torch.Tensor]:
+    """The official augmentation: random resized crop (scale 0.2-1, bicubic), horizontal flip, ImageNet norm."""
+    t = _torchvision().transforms
+    return t.Compose(
+        [
+            # MAE chỉ cần tăng cường dữ liệu nhẹ: việc che 75% patch đã là một dạng tăng cường mạnh (§4, Bảng 1e).
+            t.RandomResizedCrop(input_size, scale=(0.2, 1.0), interpolation=t.InterpolationMode.BICUBIC),
+            t.RandomHorizontalFlip(),
+            t.ToTensor(),
+            t.Normalize(mean=IMAGENET_MEAN, std=IMAGENET_STD),
+        ]
+    )
+
+
+def load_rgb(path: str) -> Any:
+    """Open an image as RGB (torchvision's default loader), naming the file when it cannot be read."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with open(path, "rb") as f:
+            return Image.open(f).convert("RGB")
+    except (OSError, UnidentifiedImageError, ValueError) as e:
+        raise ValueError(f"cannot read image {path}: {e}. Remove or replace the file.") from None
+
+
+class ImageFiles(Dataset[tuple[Any, int]]):
+    """A flat folder of images (no class sub-folders), sorted by name; every label is 0."""
+
+    def __init__(self, files: list[Path], transform: Callable[[Any], Any]) -> None:
+        self.samples = [(str(f), 0) for f in files]
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> tuple[Any, int]:
+        path, label = self.samples[index]
+        return self.transform(load_rgb(path)), label
+
+
+def data_root(data_path: str | Path) -> Path:
+    """``DATA/train`` when it exists, else ``DATA``; ValueError for a missing, non-folder or empty path."""
+    root = Path(data_path).expanduser()
+    if not root.exists():
+        raise ValueError(f"--data_path {root} does not exist: point it at a folder of images (or of class folders)")
+    if not root.is_dir():
+        raise ValueError(f"--data_path {root} is a file, not a folder of images")
+    if (root / "train").is_dir():
+        root = root / "train"
+    if not any(root.iterdir()):
+        raise ValueError(f"{root} is empty: put the training images in it (or in sub-folders of it)")
+    return root
+
+
+def build_pretrain_dataset(data_path: str | Path, input_size: int) -> Any:
+    """The training images under ``data_path`` with the official augmentation, checked before any training.
+
+    A map-style dataset of (image tensor, label) with ``samples``: an ``ImageFolder`` or an ``ImageFiles``.
+    """
+    root = data_root(data_path)
+    folder = _torchvision().datasets.folder
+    is_image = folder.IMG_EXTENSIONS
+    class_dirs = [d for d in sorted(root.iterdir()) if d.is_dir()]
+    transform = pretrain_transform(input_size)
+    dataset: Any
+    if any(f.is_file() and f.name.lower().endswith(is_image) for d in class_dirs for f in d.rglob("*")):
+        dataset = folder.ImageFolder(str(root), transform=transform, loader=load_rgb, allow_empty=True)
+    else:
+        files = sorted(f for f in root.iterdir() if f.is_file() and f.name.lower().endswith(is_image))
+        dataset = ImageFiles(files, transform)
+    if len(dataset) == 0:
+        seen = sorted(p.name for p in root.iterdir())[:5]
+        raise ValueError(
+            f"{root} holds no images (looked for {', '.join(is_image)}, in it or in its sub-folders); "
+            f"it has: {', '.join(seen)}"
+        )
+    check_images([path for path, _ in dataset.samples])
+    return dataset
+
+
+def check_images(paths: list[str]) -> None:
+    """Open the header of every image (a random 1,000 of a larger set); ValueError naming the first bad one."""
+    from PIL import Image, UnidentifiedImageError
+
+    chosen = paths if len(paths) <= CHECK_ALL_UP_TO else random.Random(0).sample(paths, 1000)
+    for path in chosen:
+        try:
+            with Image.open(path) as img:
+                img.size  # noqa: B018  (reading the header is the check)
+        except (OSError, UnidentifiedImageError) as e:
+            raise ValueError(f"cannot read image {path}: {e}. Remove or replace the file.") from None
+
+
+def build_loader(
+    dataset: Dataset[Any],
+    *,
+    batch_size: int,
+    num_workers: int,
+    pin_memory: bool,
+    rank: int = 0,
+    world_size: int = 1,
+    seed: int = 0,
+) -> DataLoader[Any]:
+    """Batches of ``batch_size`` per process, incomplete last batch dropped, shuffled by ``DistributedSampler``.
+
+    The sampler shuffles by ``seed`` and the epoch (``loader.sampler.set_epoch``). ValueError when no full
+    batch can be formed.
+    """
+    # Mỗi tiến trình nhận một phần rời nhau của dữ liệu; thứ tự xáo trộn đổi theo epoch.
+    sampler: DistributedSampler[Any] = DistributedSampler(
+        dataset, num_replicas=world_size, rank=rank, shuffle=True, seed=seed
+    )
+    per_process = len(sampler)
+    if batch_size > per_process:
+        where = f" ({per_process} per process on {world_size} processes)" if world_size > 1 else ""
+        raise ValueError(
+            f"--batch_size {batch_size} is larger than the data: {len(dataset)} images{where}, and incomplete "  # type: ignore[arg-type]
+            f"batches are dropped as in the official recipe. Use --batch_size {per_process} or less "
+            "(and --accum_iter to keep the effective batch)"
+        )
+    return DataLoader(
+        dataset,
+        sampler=sampler,
+        batch_size=batch_size,
+        num_workers=num_workers,
+        pin_memory=pin_memory,
+        drop_last=True,
+    )

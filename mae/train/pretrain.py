@@ -1,0 +1,371 @@
+"""``mae pretrain``: the official ``main_pretrain.py`` recipe, under its flag names, wired from small pieces.
+
+    mae pretrain --data_path DATA --model mae_vit_base_patch16 --norm_pix_loss --batch_size 64 \\
+        --accum_iter 4 --blr 1.5e-4 --epochs 800 --warmup_epochs 40 --output_dir out
+    torchrun --nproc_per_node 8 -m mae pretrain ...        # DistributedDataParallel
+
+The order of the set-up is the official one (seed, data, model, optimizer, resume), so the same seed
+draws the same random numbers. Where this trainer departs from the official script, on purpose:
+- the sampler is re-shuffled every epoch in one process too (the official script calls
+  ``sampler.set_epoch`` only when distributed, so a one-GPU run sees the same order every epoch), and
+  its shuffle follows ``--seed`` (the official one is seeded with 0 whatever ``--seed`` says);
+- ``--input_size`` builds the model at that size (the official script always builds it at 224);
+- the precision is chosen by ``--dtype`` (``auto``, the default, is the official: float16 on CUDA,
+  float32 on the CPU), and ``--device`` defaults to CUDA only where there is one;
+- a NaN or infinite loss raises an error naming the step instead of ``sys.exit(1)``;
+- under DDP the gradients are all-reduced once per optimizer step, and no ``find_unused_parameters``;
+- checkpoints are written atomically and carry each rank's random-generator state (``rng``), so a
+  resumed run is bit for bit the uninterrupted one; a fresh run refuses a folder that holds checkpoints.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import random
+import time
+from pathlib import Path
+from typing import Any, cast
+
+import torch
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DistributedSampler
+
+from .. import models
+from ..onednn import set_onednn_linear
+from . import distributed, metrics
+from .data import build_loader, build_pretrain_dataset
+from .engine_pretrain import NonFiniteLossError, train_one_epoch
+from .flags import flag, key_values, non_negative, positive
+from .optim import build_adamw
+from .precision import autocast, grad_scaler, resolve_dtype
+from .run_checkpoint import (
+    checkpoint_path,
+    checkpoints_in,
+    plain_args,
+    read_run_checkpoint,
+    resolve_resume,
+    restore_rng,
+    rng_state,
+    save_atomic,
+)
+from .schedule import CosineSchedule, base_learning_rate
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The official ``main_pretrain.py`` flags (same names and defaults, dashed spellings too), then ours."""
+    flag(
+        parser,
+        "batch_size",
+        type=positive(int),
+        default=64,
+        help="per process; effective = batch_size x accum_iter x processes",
+    )
+    flag(parser, "epochs", type=positive(int), default=400)
+    flag(parser, "accum_iter", type=positive(int), default=1, help="batches per optimizer step (gradient accumulation)")
+    g = parser.add_argument_group("model")
+    flag(g, "model", default="mae_vit_large_patch16", metavar="MODEL", help=f"one of {', '.join(models.list_models())}")
+    flag(g, "input_size", type=positive(int), default=224, help="image size (the model is built at it)")
+    flag(g, "mask_ratio", type=float, default=0.75, help="fraction of patches removed")
+    flag(g, "norm_pix_loss", action="store_true", help="per-patch normalised pixels as the target (the paper's best)")
+    flag(
+        g,
+        "model_args",
+        nargs="*",
+        default=[],
+        metavar="NAME=VALUE",
+        help="MAEConfig fields, e.g. depth=6 embed_dim=384 (a smaller model)",
+    )
+    g = parser.add_argument_group("optimizer")
+    flag(g, "weight_decay", type=non_negative(float), default=0.05)
+    flag(
+        g,
+        "lr",
+        type=positive(float),
+        default=None,
+        metavar="LR",
+        help="absolute lr (default: blr x effective batch / 256)",
+    )
+    flag(g, "blr", type=positive(float), default=1e-3, metavar="LR", help="base lr: lr = blr x effective batch / 256")
+    flag(g, "min_lr", type=non_negative(float), default=0.0, metavar="LR", help="where the cosine ends")
+    flag(g, "warmup_epochs", type=non_negative(int), default=40, metavar="N")
+    flag(
+        g,
+        "clip_grad",
+        type=positive(float),
+        default=None,
+        metavar="NORM",
+        help="clip the gradient norm (off by default, as official)",
+    )
+    g = parser.add_argument_group("data and output")
+    flag(
+        g, "data_path", required=True, help="a folder of images or of class folders (DATA/train is used when it exists)"
+    )
+    flag(g, "output_dir", default="./output_dir", help="checkpoints and log.txt ('' for no saving)")
+    flag(g, "log_dir", default=None, help="accepted for the official commands; the log is OUTPUT/log.txt")
+    flag(
+        g,
+        "save_every",
+        type=positive(int),
+        default=20,
+        metavar="N",
+        help="save every N epochs, and the last (official: 20)",
+    )
+    flag(g, "resume", default="", help="a checkpoint-N.pth (or its folder, for the latest) to continue")
+    flag(g, "start_epoch", type=non_negative(int), default=0, metavar="N")
+    flag(g, "num_workers", type=non_negative(int), default=10)
+    flag(g, "pin_mem", action="store_true", default=True, help="pin host memory for CUDA copies (default)")
+    flag(g, "no_pin_mem", action="store_false", dest="pin_mem")
+    g = parser.add_argument_group("device and precision")
+    flag(
+        g,
+        "device",
+        default="cuda" if torch.cuda.is_available() else "cpu",
+        help="cuda or cpu (default: cuda if present)",
+    )
+    flag(g, "seed", type=int, default=0, help="each process seeds seed + rank")
+    flag(
+        g,
+        "dtype",
+        choices=["auto", "float32", "bfloat16", "float16"],
+        default="auto",
+        help="auto: float16 on CUDA (as official), float32 on CPU",
+    )
+    flag(g, "fast", action="store_true", help="float32 on CPU: linear layers by oneDNN (mae.set_onednn_linear)")
+    flag(g, "compile", action="store_true", help="torch.compile the model")
+    g = parser.add_argument_group("distributed (launch with torchrun)")
+    flag(g, "world_size", type=int, default=1, help="set by torchrun")
+    flag(g, "local_rank", type=int, default=-1, help="set by torchrun")
+    flag(g, "dist_on_itp", action="store_true", help="read ranks from OpenMPI variables")
+    flag(g, "dist_url", default="env://")
+    flag(g, "overwrite", action="store_true", help="start afresh even if OUTPUT holds checkpoints")
+
+
+def check_arguments(args: argparse.Namespace) -> dict[str, Any]:
+    """Everything that can be checked before any work; returns the model's keyword arguments."""
+    if args.model not in models.list_models():
+        raise ValueError(f"unknown --model {args.model!r}; valid: {', '.join(models.list_models())}")
+    if not 0.0 <= args.mask_ratio < 1.0:
+        raise ValueError(f"--mask_ratio must be in [0, 1) (the paper uses 0.75); got {args.mask_ratio}")
+    kwargs: dict[str, Any] = {**key_values(args.model_args, "--model_args")}
+    for name in ("img_size", "norm_pix_loss"):
+        if name in kwargs:
+            raise ValueError(f"--model_args {name}=...: use --{'input_size' if name == 'img_size' else name} instead")
+    kwargs.update(img_size=args.input_size, norm_pix_loss=args.norm_pix_loss)
+    with torch.device("meta"):
+        models.create_model(
+            args.model, **kwargs
+        )  # the configuration's own checks (e.g. a size the patch does not divide)
+    if args.fast and (args.device != "cpu" or args.dtype not in ("auto", "float32")):
+        raise ValueError("--fast is the float32 CPU path: use it with --device cpu and --dtype float32")
+    if args.output_dir and not args.resume and not args.overwrite:
+        found = checkpoints_in(args.output_dir)
+        if found:
+            raise ValueError(
+                f"{args.output_dir} already holds {found[max(found)].name} from an earlier run: continue it with "
+                f"--resume {args.output_dir}, or start afresh in another --output_dir (or pass --overwrite)"
+            )
+    if args.resume:
+        args.resume = str(resolve_resume(args.resume))
+    return kwargs
+
+
+def run(args: argparse.Namespace) -> int:
+    """The ``mae pretrain`` command."""
+    model_kwargs = check_arguments(args)
+    dist = distributed.setup(args.device, args.dist_url, args.dist_on_itp)
+    try:
+        train(args, model_kwargs, dist)
+    finally:
+        distributed.teardown()
+    return 0
+
+
+def say(dist: distributed.Dist, text: str) -> None:
+    if dist.is_main:
+        print(text, flush=True)
+
+
+def train(args: argparse.Namespace, model_kwargs: dict[str, Any], dist: distributed.Dist) -> None:
+    """Set up as the official script does, in its order, then train epoch by epoch."""
+    device = dist.device
+    dtype = resolve_dtype(args.dtype, device)
+    output = Path(args.output_dir) if args.output_dir else None
+    if output is not None and dist.is_main:
+        output.mkdir(parents=True, exist_ok=True)
+
+    # Cùng seed (cộng rank) thì cùng dãy số ngẫu nhiên: khởi tạo, cắt ảnh và mặt nạ giống bản gốc.
+    seed = args.seed + dist.rank
+    torch.manual_seed(seed)
+    random.seed(seed)
+    _seed_numpy(seed)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+
+    dataset = build_pretrain_dataset(args.data_path, args.input_size)
+    loader = build_loader(
+        dataset,
+        batch_size=args.batch_size,
+        num_workers=args.num_workers,
+        pin_memory=args.pin_mem and device.type == "cuda",
+        rank=dist.rank,
+        world_size=dist.world_size,
+        seed=args.seed,
+    )
+    steps = len(loader)
+    if steps < args.accum_iter:
+        raise ValueError(
+            f"an epoch has {steps} batches but --accum_iter is {args.accum_iter}: no optimizer step would be taken. "
+            "Lower --accum_iter or --batch_size"
+        )
+
+    model_without_ddp = models.create_model(args.model, **model_kwargs).to(device)
+    if args.fast:
+        set_onednn_linear(model_without_ddp, True)
+    model: torch.nn.Module = model_without_ddp
+
+    effective_batch = args.batch_size * args.accum_iter * dist.world_size
+    if args.lr is None:
+        args.lr = base_learning_rate(args.blr, effective_batch)
+    if dist.enabled:
+        model = DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
+    optimizer = build_adamw(model_without_ddp, args.lr, args.weight_decay)
+    scaler = grad_scaler(device, dtype)
+    schedule = CosineSchedule(args.lr, args.min_lr, args.warmup_epochs, args.epochs)
+
+    notes = resume(args, model_without_ddp, optimizer, scaler, dist) if args.resume else []
+    forward = cast(torch.nn.Module, torch.compile(model)) if args.compile else model
+
+    n_params = sum(p.numel() for p in model_without_ddp.parameters() if p.requires_grad)
+    size = f"{n_params / 1e6:.1f}M" if n_params >= 1e6 else f"{n_params:,}"
+    c = model_without_ddp.config
+    kind = type(dataset).__name__
+    say(
+        dist,
+        f"model: {args.model} ({size} trained parameters), {c.img_size}px, patch {c.patch_size}, "
+        f"mask ratio {args.mask_ratio}, {'norm-pix' if c.norm_pix_loss else 'pixel'} target",
+    )
+    say(
+        dist,
+        f"data: {len(dataset):,} images ({kind}) under {args.data_path}; {steps} batches of {args.batch_size} "
+        f"per epoch per process",
+    )
+    say(
+        dist,
+        f"batch: {args.batch_size} x accum {args.accum_iter} x {dist.world_size} process(es) = {effective_batch}; "
+        f"lr {args.lr:.2e} (blr {args.lr * 256 / effective_batch:.2e}), "
+        f"warmup {args.warmup_epochs} of {args.epochs} epochs",
+    )
+    say(
+        dist,
+        f"device: {device}, {str(dtype).removeprefix('torch.')}{' (oneDNN linear layers)' if args.fast else ''}"
+        f"{', compiled' if args.compile else ''}; output: {output or 'none (no saving)'}",
+    )
+    if steps % args.accum_iter:
+        say(
+            dist,
+            f"note: {steps % args.accum_iter} batch(es) at the end of each epoch complete no optimizer step "
+            "(their gradients are dropped, as in the official engine)",
+        )
+    if args.warmup_epochs >= args.epochs:
+        say(dist, f"note: --warmup_epochs {args.warmup_epochs} >= --epochs {args.epochs}: the lr only warms up")
+    for note in notes:
+        say(dist, f"resume: {note}")
+    if args.start_epoch >= args.epochs:
+        say(dist, f"nothing to train: epoch {args.start_epoch} is past --epochs {args.epochs}; raise --epochs to go on")
+        return
+
+    started = time.time()
+    for epoch in range(args.start_epoch, args.epochs):
+        cast(DistributedSampler[Any], loader.sampler).set_epoch(epoch)  # xáo lại mỗi epoch, cả khi chỉ một tiến trình
+        try:
+            stats = train_one_epoch(
+                forward, loader, optimizer, scaler, schedule, epoch,
+                steps=steps, accum_iter=args.accum_iter, mask_ratio=args.mask_ratio,
+                autocast=autocast(device, dtype), clip_grad=args.clip_grad, dist=dist, progress=True,
+            )  # fmt: skip
+        except NonFiniteLossError as e:
+            found = checkpoints_in(output) if output is not None else {}
+            last = found[max(found)] if found else None
+            where = (
+                f"the last checkpoint is {last} (continue with --resume {last})" if last else "no checkpoint was saved"
+            )
+            raise NonFiniteLossError(
+                f"{e}; {where}. Lower --blr, add --clip_grad 3.0, or use --dtype bfloat16 / float32 instead of float16"
+            ) from None
+        saved = ""
+        if output is not None and (epoch % args.save_every == 0 or epoch + 1 == args.epochs):
+            rng = rng_state(dist)  # mọi tiến trình cùng gọi (một phép all_gather)
+            if dist.is_main:
+                saved = f", saved {checkpoint_path(output, epoch).name}"
+                save_atomic(
+                    {
+                        "model": model_without_ddp.state_dict(),
+                        "optimizer": optimizer.state_dict(),
+                        "epoch": epoch,
+                        "scaler": scaler.state_dict(),
+                        "args": plain_args(args),
+                        "rng": rng,
+                    },
+                    checkpoint_path(output, epoch),
+                )
+        if output is not None and dist.is_main:
+            metrics.append_log(output, {f"train_{k}": v for k, v in stats.items()} | {"epoch": epoch})
+        say(
+            dist,
+            f"epoch {epoch + 1}/{args.epochs}: loss {stats['loss']:.4f}, lr {stats['lr']:.2e}, "
+            f"{stats['images_per_s']:.1f} images/s{saved}",
+        )
+    say(dist, f"training time {datetime.timedelta(seconds=int(time.time() - started))}")
+
+
+def resume(
+    args: argparse.Namespace,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler,
+    dist: distributed.Dist,
+) -> list[str]:
+    """Load ``--resume``: weights (strictly, with `load_pretrained`'s checks), then, as the official
+    ``misc.load_model``, the optimizer, scaler and next epoch when the file has them. Returns notes."""
+    from ..checkpoint import CheckpointError
+
+    ckpt = read_run_checkpoint(args.resume)
+    report = model.load_pretrained(args.resume)  # type: ignore[operator]
+    notes = [report.summary(), *report.warnings]
+    if "optimizer" not in ckpt or "epoch" not in ckpt:
+        notes.append("the file has no optimizer state or epoch: weights only, training starts at --start_epoch")
+        return notes
+    try:
+        optimizer.load_state_dict(ckpt["optimizer"])
+    except (ValueError, KeyError) as e:
+        raise CheckpointError(
+            args.resume,
+            f"has an optimizer state that does not fit this run ({e}).",
+            "Resume with the model and --model_args of the run that wrote it.",
+        ) from None
+    if ckpt.get("scaler"):
+        scaler.load_state_dict(ckpt["scaler"])
+    args.start_epoch = int(ckpt["epoch"]) + 1
+    notes.append(f"continuing at epoch {args.start_epoch} with the saved optimizer state")
+    notes.append(restore_rng(ckpt.get("rng"), dist))
+    if args.output_dir and dist.is_main:
+        dropped = metrics.drop_log_from(args.output_dir, args.start_epoch)
+        if dropped:
+            notes.append(f"dropped {dropped} log.txt record(s) of epochs >= {args.start_epoch}: they are trained again")
+    return notes
+
+
+def _seed_numpy(seed: int) -> None:
+    try:
+        import numpy as np
+    except ImportError:
+        return
+    np.random.seed(seed)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """A stand-alone parser (``mae pretrain`` registers the same arguments as a sub-command)."""
+    parser = argparse.ArgumentParser("mae pretrain", description="MAE pre-training, the official recipe.")
+    add_arguments(parser)
+    return parser

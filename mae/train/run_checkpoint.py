@@ -1,0 +1,121 @@
+"""Checkpoints of a training run: ``OUTPUT/checkpoint-{epoch}.pth`` in the official layout.
+
+``{"model", "optimizer", "epoch", "scaler", "args"}`` as the official ``util/misc.save_model`` writes it
+(the model's state dict with official keys, the optimizer's with groups [no-decay, decay] in
+``named_parameters`` order, the GradScaler's), so the official script resumes ours and ours resumes
+the official's. One entry is added, ``rng``: the random-generator state of every rank, which lets a
+resumed run draw the same crops and masks as an uninterrupted one, bit for bit; the official loader
+ignores it. A file is written to a temporary name and renamed into place: a run killed while saving
+leaves the previous checkpoints whole and no half-written file under a checkpoint's name.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..checkpoint import CheckpointError, load_object
+from .distributed import Dist
+
+_NAME = re.compile(r"^checkpoint-(\d+)\.pth$")
+
+
+def checkpoint_path(output_dir: str | Path, epoch: int) -> Path:
+    return Path(output_dir) / f"checkpoint-{epoch}.pth"
+
+
+def checkpoints_in(folder: str | Path) -> dict[int, Path]:
+    """The run checkpoints in ``folder`` by epoch."""
+    found = {}
+    for f in Path(folder).iterdir() if Path(folder).is_dir() else []:
+        match = _NAME.match(f.name)
+        if match and f.is_file():
+            found[int(match.group(1))] = f
+    return dict(sorted(found.items()))
+
+
+def save_atomic(obj: Any, path: Path) -> None:
+    """``torch.save`` to a temporary file beside ``path``, flushed to disk, then renamed over ``path``."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)  # đổi tên là nguyên tử: tệp cũ còn nguyên cho tới khi tệp mới đã ghi xong
+    finally:
+        tmp.unlink(missing_ok=True)
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def plain_args(args: argparse.Namespace) -> argparse.Namespace:
+    """The run's arguments with plain values only, so the file loads under ``torch.load(weights_only=True)``."""
+    keep = (str, int, float, bool, type(None))
+    plain = {}
+    for name, value in vars(args).items():
+        if isinstance(value, Path):
+            value = str(value)
+        if isinstance(value, keep) or (isinstance(value, list) and all(isinstance(v, keep) for v in value)):
+            plain[name] = value
+    return argparse.Namespace(**plain)
+
+
+def rng_state(dist: Dist) -> dict[str, torch.Tensor]:
+    """Every rank's generator states, stacked by rank (a collective: every rank calls it)."""
+    state = {"cpu": dist.gather_rows(torch.get_rng_state())}
+    if dist.device.type == "cuda":
+        state["cuda"] = dist.gather_rows(torch.cuda.get_rng_state(dist.device))
+    return state
+
+
+def restore_rng(state: Any, dist: Dist) -> str:
+    """Take this rank's row of a saved ``rng`` entry; says what was done (a note for the log)."""
+    if not isinstance(state, dict) or "cpu" not in state:
+        return (
+            "the checkpoint holds no random-generator state (an official file?): crops and masks after resume "
+            "differ from an uninterrupted run"
+        )
+    if state["cpu"].shape[0] != dist.world_size:
+        return (
+            f"the checkpoint's run had {state['cpu'].shape[0]} processes, this one has {dist.world_size}: the random "
+            "generators start from --seed, so crops and masks differ from an uninterrupted run"
+        )
+    torch.set_rng_state(state["cpu"][dist.rank].clone())
+    if dist.device.type == "cuda" and "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"][dist.rank].clone(), dist.device)
+    return "random-generator state restored: the run continues as if uninterrupted"
+
+
+def read_run_checkpoint(path: str | Path) -> dict[str, Any]:
+    """A training checkpoint's entries; CheckpointError for a missing, unreadable or model-less file."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(path, "does not exist.", "Give --resume an existing checkpoint-N.pth (or its folder).")
+    ckpt = load_object(path)
+    if not isinstance(ckpt, dict) or "model" not in ckpt:
+        raise CheckpointError(
+            path,
+            "is not a training checkpoint: it has no 'model' entry.",
+            "--resume takes a checkpoint-N.pth written by `mae pretrain` or the official main_pretrain.py.",
+        )
+    return ckpt
+
+
+def resolve_resume(resume: str) -> Path:
+    """``--resume FILE``, or ``--resume FOLDER`` for the folder's latest checkpoint-N.pth."""
+    path = Path(resume).expanduser()
+    if path.is_dir():
+        found = checkpoints_in(path)
+        if not found:
+            raise CheckpointError(path, "holds no checkpoint-N.pth to resume from.", "Give the checkpoint file itself.")
+        return found[max(found)]
+    return path
