@@ -171,18 +171,27 @@ def run(
         raise ValueError("--onednn is a float32 CPU fast path: drop it, or use --device cpu --dtype float32")
     from .checkpoint import inspect_checkpoint
     from .models import create_model
+    from .train.run_checkpoint import model_spec
 
     log = logging.getLogger("mae")
     notes: list[str] = []
     target = norm_pix
     if checkpoint is not None:
         info = inspect_checkpoint(checkpoint)
-        model_name = info.model_name or model_name
+        spec = model_spec(checkpoint)  # a `mae pretrain` checkpoint says which model it trained
+        kwargs: dict[str, Any] = {}
+        if spec is not None:
+            model_name, kwargs = spec
+            trained_target = kwargs.pop("norm_pix_loss")
+            if target is None:
+                target = trained_target
+                log.info("norm_pix_loss=%s (from the run's arguments in the checkpoint)", target)
+        model_name = info.model_name or model_name if spec is None else model_name
         if target is None:
             target = bool(info.norm_pix_loss)
             source = "from the file name" if info.norm_pix_loss is not None else "the file name does not tell"
             log.info("norm_pix_loss=%s (%s)", target, source)
-        model = create_model(model_name, checkpoint_path=checkpoint, norm_pix_loss=target)
+        model = create_model(model_name, checkpoint_path=checkpoint, norm_pix_loss=target, **kwargs)
         if info.kind == "encoder":
             notes.append("UNTRAINED DECODER: encoder-only checkpoint, the reconstruction is meaningless")
     else:

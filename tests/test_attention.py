@@ -24,7 +24,8 @@ def test_manual_path_matches_sdpa(heads: int, head_dim: int, n: int, b: int) -> 
 
 @pytest.mark.parametrize(("dim", "heads"), [(768, 12), (512, 16), (1280, 16), (24, 3)])
 def test_equals_timm_attention(dim: int, heads: int) -> None:
-    timm_layers = pytest.importorskip("timm.layers")
+    import timm.layers as timm_layers
+
     ours = Attention(dim, heads)
     theirs = timm_layers.Attention(dim, heads, qkv_bias=True)
     theirs.load_state_dict(ours.state_dict(), strict=True)

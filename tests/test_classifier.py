@@ -11,13 +11,12 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from timm.models import vision_transformer
 from torch import nn
 
 import mae
 from helpers import small_config
 from reference import official
-
-vision_transformer = pytest.importorskip("timm.models.vision_transformer")
 
 
 def timm_twin(model: mae.VisionTransformer) -> nn.Module:

@@ -18,8 +18,6 @@ from mae.onednn import onednn_available
 
 @pytest.mark.xdist_group("base")
 def test_verify_base_passes_and_writes_a_json_report(tmp_path: Path) -> None:
-    pytest.importorskip("transformers")
-    pytest.importorskip("timm")
     report = tmp_path / "report.json"
     done = subprocess.run(
         [sys.executable, "-m", "mae", "verify", "--variant", "base", "--report", str(report)],
@@ -148,7 +146,6 @@ def test_download_through_the_command_from_a_loopback_server(tmp_path: Path) -> 
 
 @pytest.mark.xdist_group("base")
 def test_verify_in_bfloat16_autocast(tmp_path: Path) -> None:
-    pytest.importorskip("transformers")
     report = tmp_path / "bf16.json"
     assert verify.run(["base"], report, verify.Setting(torch.device("cpu"), torch.bfloat16)) == 0
     rows = {(r["check"], r["reference"]): r for r in json.loads(report.read_text())}

@@ -43,7 +43,8 @@ def test_half_precision_is_kept(tmp_path: Path) -> None:
 
 
 def test_transformers_folder_loads_in_transformers_and_round_trips(tmp_path: Path) -> None:
-    transformers = pytest.importorskip("transformers")
+    import transformers
+
     folder = convert(FIXTURE, tmp_path / "hf", num_heads=4, decoder_num_heads=2)
     hf, info = transformers.ViTMAEForPreTraining.from_pretrained(folder, output_loading_info=True)
     assert not info["missing_keys"] and not info["unexpected_keys"] and not info["mismatched_keys"]
@@ -63,7 +64,8 @@ def test_transformers_folder_loads_in_transformers_and_round_trips(tmp_path: Pat
 
 
 def test_encoder_only_becomes_a_vitmae_model(tmp_path: Path) -> None:
-    transformers = pytest.importorskip("transformers")
+    import transformers
+
     encoder = {k: v for k, v in official().items() if not (k.startswith("decoder_") or k == "mask_token")}
     torch.save({"model": encoder}, tmp_path / "enc.pth")
     folder = convert(tmp_path / "enc.pth", tmp_path / "hf", num_heads=4)
@@ -79,7 +81,6 @@ def test_encoder_only_becomes_a_vitmae_model(tmp_path: Path) -> None:
 
 
 def test_official_variant_needs_no_head_count(tmp_path: Path) -> None:
-    pytest.importorskip("transformers")
     torch.manual_seed(0)
     with torch.device("meta"):
         config = mae.MAEViTBase.default_config

@@ -53,7 +53,6 @@ def test_key_and_parameter_counts(variant: str) -> None:
 
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_keys_in_official_order_and_encoder_equals_timm(variant: str) -> None:
-    pytest.importorskip("timm")
     from reference.timm_encoder import timm_encoder_keys
 
     timm_keys = timm_encoder_keys(variant)
@@ -73,7 +72,6 @@ def test_keys_in_official_order_and_encoder_equals_timm(variant: str) -> None:
 
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_shapes_equal_transformers(variant: str) -> None:
-    pytest.importorskip("transformers")
     from transformers import ViTMAEForPreTraining
 
     from reference.hf import hf_config, official_to_hf
@@ -199,7 +197,6 @@ def assert_same_loss(ours: torch.Tensor, theirs: torch.Tensor) -> None:
     [pytest.param(v, marks=pytest.mark.xdist_group(v)) for v in VARIANTS],
 )
 def test_forward_equals_transformers_bit_for_bit(variant: str) -> None:
-    pytest.importorskip("transformers")
     from reference.hf import build_hf, hf_forward
 
     model = full_model(variant)
@@ -254,7 +251,6 @@ def test_manual_attention_path_within_1e5(variant: str) -> None:
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_random_init_loss_of_vit_large(seed: int) -> None:
     """ViT-L, random init, noise image, ratio 0.75, pixel target: loss ~1.74, equal to transformers'."""
-    pytest.importorskip("transformers")
     from reference.hf import build_hf, hf_forward
 
     if seed == 0:

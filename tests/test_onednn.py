@@ -49,7 +49,6 @@ def _linear_count(model: torch.nn.Module) -> int:
 @needs_onednn
 @pytest.mark.parametrize("variant", [pytest.param(v, marks=pytest.mark.xdist_group(v)) for v in VARIANTS])
 def test_full_models_within_tolerance_of_transformers(variant: str) -> None:
-    pytest.importorskip("transformers")
     from reference.hf import build_hf, hf_forward
 
     model = full_model(variant)

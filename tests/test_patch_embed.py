@@ -37,7 +37,6 @@ def test_patch_layout_is_row_major_patches_then_row_column_channel(p: int, h: in
 
 
 def test_patchify_equals_transformers() -> None:
-    pytest.importorskip("transformers")
     from transformers import ViTMAEConfig, ViTMAEForPreTraining
 
     for c, p, size in [(3, 16, 224), (1, 7, 28), (4, 4, 16)]:

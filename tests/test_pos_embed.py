@@ -49,7 +49,6 @@ def test_dim_not_divisible_by_4() -> None:
 
 @pytest.mark.parametrize(("dim", "grid"), [(768, 14), (1024, 14), (1280, 16), (512, 14), (512, 16), (64, 4), (36, 7)])
 def test_equals_transformers_table_bit_for_bit(dim: int, grid: int) -> None:
-    pytest.importorskip("transformers")
     from transformers.models.vit_mae.modeling_vit_mae import build_2d_sinusoidal_position_embedding
 
     theirs = build_2d_sinusoidal_position_embedding(grid, grid, dim, cls_token=True)
@@ -66,7 +65,6 @@ def test_interpolate_same_size_is_identity() -> None:
 
 @pytest.mark.parametrize(("old", "new"), [(14, 28), (14, 7), (16, 24), (4, (3, 5))])
 def test_interpolate_equals_transformers_and_keeps_cls(old: int, new: int | tuple[int, int]) -> None:
-    pytest.importorskip("transformers")
     from transformers import ViTMAEConfig
     from transformers.models.vit_mae.modeling_vit_mae import ViTMAEEmbeddings
 

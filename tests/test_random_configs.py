@@ -3,7 +3,6 @@ configuration. This is the property that tells a developer adding a variant whet
 
 from __future__ import annotations
 
-import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -38,7 +37,6 @@ def configs(draw: st.DrawFn) -> mae.MAEConfig:
     seed=st.integers(0, 2**16),
 )
 def test_random_configuration_equals_transformers(config: mae.MAEConfig, batch: int, ratio: float, seed: int) -> None:
-    pytest.importorskip("transformers")
     from transformers import ViTMAEForPreTraining
 
     from reference.hf import build_hf, hf_config, hf_forward, official_to_hf

@@ -9,13 +9,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from PIL import Image
 
 import mae
 from helpers import small_config
 from mae import reconstruct as rc
-
-Image = pytest.importorskip("PIL.Image")
-pytest.importorskip("matplotlib")
 
 MEAN_GREY = tuple(round(m * 255) for m in rc.IMAGENET_MEAN)
 

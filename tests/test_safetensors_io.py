@@ -6,13 +6,12 @@ import struct
 from pathlib import Path
 
 import pytest
+import safetensors.torch as safetensors_torch
 import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
 from mae.safetensors_io import DTYPES, SafetensorsFormatError, load_file, read_header, save_file
-
-safetensors_torch = pytest.importorskip("safetensors.torch")
 
 dtypes = st.sampled_from(list(DTYPES.values()))
 shapes = st.lists(st.integers(0, 4), min_size=0, max_size=3)

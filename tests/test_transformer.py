@@ -34,7 +34,8 @@ def test_block_keys_in_official_order() -> None:
 
 @pytest.mark.parametrize(("dim", "heads", "ratio"), [(768, 12, 4.0), (512, 16, 4.0), (40, 5, 2.5)])
 def test_block_equals_timm_block(dim: int, heads: int, ratio: float) -> None:
-    vt = pytest.importorskip("timm.models.vision_transformer")
+    import timm.models.vision_transformer as vt
+
     norm = partial(nn.LayerNorm, eps=1e-6)
     ours = Block(dim, heads, ratio, norm)
     theirs = vt.Block(dim, heads, ratio, qkv_bias=True, norm_layer=norm)

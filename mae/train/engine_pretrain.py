@@ -18,7 +18,7 @@ import math
 import time
 from collections.abc import Callable, Iterable
 from contextlib import AbstractContextManager
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -59,6 +59,7 @@ def train_one_epoch(
     model.train(True)
     optimizer.zero_grad()
     loss_avg, lr_avg = Average(), Average()
+    ddp = getattr(model, "_orig_mod", model)  # under torch.compile, the DDP module inside
     bar = Progress(loader, steps, f"epoch {epoch}", enabled=progress and dist.is_main)
     started, images = time.perf_counter(), 0
     for step, (samples, _) in enumerate(bar):
@@ -68,8 +69,8 @@ def train_one_epoch(
         samples = samples.to(device, non_blocking=True)
         update = (step + 1) % accum_iter == 0
         # Khi cộng dồn gradient với DDP: chỉ đồng bộ gradient ở micro-batch cuối của mỗi bước.
-        sync = update or not isinstance(model, DistributedDataParallel)
-        with contextlib.nullcontext() if sync else model.no_sync():  # type: ignore[operator]
+        sync = update or not isinstance(ddp, DistributedDataParallel)
+        with contextlib.nullcontext() if sync else cast(DistributedDataParallel, ddp).no_sync():
             with autocast():
                 loss, _, _ = model(samples, mask_ratio=mask_ratio)
             loss_value = loss.item()

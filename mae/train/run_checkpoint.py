@@ -119,3 +119,25 @@ def resolve_resume(resume: str) -> Path:
             raise CheckpointError(path, "holds no checkpoint-N.pth to resume from.", "Give the checkpoint file itself.")
         return found[max(found)]
     return path
+
+
+def model_spec(path: str | Path) -> tuple[str, dict[str, Any]] | None:
+    """The model a `mae pretrain` checkpoint was trained with: (name, `create_model` keyword arguments).
+
+    Read from the checkpoint's ``args`` (``--model``, ``--model_args``, ``--input_size``, ``--norm_pix_loss``);
+    None for a file without them (an official release, a bare state dict, an unreadable file).
+    """
+    from .flags import key_values
+
+    try:
+        ckpt = load_object(path)
+    except CheckpointError:
+        return None
+    args = ckpt.get("args") if isinstance(ckpt, dict) else None
+    if not isinstance(args, argparse.Namespace) or not isinstance(getattr(args, "model", None), str):
+        return None
+    kwargs = key_values(list(getattr(args, "model_args", None) or []), "--model_args")
+    if isinstance(getattr(args, "input_size", None), int):
+        kwargs["img_size"] = args.input_size
+    kwargs["norm_pix_loss"] = bool(getattr(args, "norm_pix_loss", False))
+    return args.model, kwargs
