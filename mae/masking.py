@@ -9,6 +9,8 @@ removed patch. With the same global seed, the mask equals the official one: exac
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import Tensor
 
@@ -24,11 +26,28 @@ def check_mask_ratio(mask_ratio: object) -> float:
     return float(mask_ratio)
 
 
-@torch.compiler.disable  # type: ignore[untyped-decorator]  # torch leaves it untyped
 def draw_noise(n: int, length: int, device: torch.device) -> Tensor:
     """One `torch.rand(N, L)` from the global generator. Kept out of torch.compile graphs, whose own random
     numbers differ from eager ones: compiled or not, a seed gives the same (official) mask."""
+    if torch.compiler.is_compiling():
+        return _outside_graph()(n, length, device)
     return torch.rand(n, length, device=device)
+
+
+_eager_rand: Callable[[int, int, torch.device], Tensor] | None = None
+
+
+def _rand(n: int, length: int, device: torch.device) -> Tensor:
+    return torch.rand(n, length, device=device)
+
+
+def _outside_graph() -> Callable[[int, int, torch.device], Tensor]:
+    """`_rand` wrapped by `torch.compiler.disable`, made at the first compiled call: the wrapper imports
+    torch._dynamo (over a second), which `import mae` should not pay for when nothing is compiled."""
+    global _eager_rand
+    if _eager_rand is None:
+        _eager_rand = torch.compiler.disable(_rand)  # type: ignore[no-untyped-call]
+    return _eager_rand
 
 
 def random_masking(x: Tensor, mask_ratio: float, noise: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
