@@ -14,7 +14,7 @@ from .config import MAEConfig
 from .decoder import MAEDecoder
 from .encoder import MAEEncoder
 from .loading import LoadReport
-from .mae import MaskedAutoencoderViT
+from .mae import MaskedAutoencoder, MaskedAutoencoderViT
 from .models import (
     MAEViTBase,
     MAEViTHuge,
@@ -42,6 +42,7 @@ __all__ = [
     "MAEViTBase",
     "MAEViTHuge",
     "MAEViTLarge",
+    "MaskedAutoencoder",
     "MaskedAutoencoderViT",
     "VisionTransformer",
     "create_model",

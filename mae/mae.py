@@ -93,3 +93,7 @@ class MaskedAutoencoderViT(MAEEncoder, MAEDecoder):
         pred = self.forward_decoder(latent, ids_restore)  # [N, L, p*p*C]
         loss = self.forward_loss(imgs, pred, mask)
         return loss, pred, mask
+
+
+# The design's name for the glue class; the official name above is the one the checkpoints and docs use.
+MaskedAutoencoder = MaskedAutoencoderViT

@@ -98,6 +98,7 @@ def test_official_method_names_and_attributes(tiny: mae.MaskedAutoencoderViT) ->
         assert callable(getattr(tiny, name))
     assert tiny.patch_embed.patch_size[0] == 8  # the official demo reads it this way
     assert isinstance(tiny, mae.MAEEncoder) and isinstance(tiny, mae.MAEDecoder)
+    assert mae.MaskedAutoencoder is mae.MaskedAutoencoderViT  # the design's name, an alias of the official one
 
 
 # ------------------------------------------------------------------------------------- initialisation
