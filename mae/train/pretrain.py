@@ -15,7 +15,9 @@ draws the same random numbers. Where this trainer departs from the official scri
 - a NaN or infinite loss raises an error naming the step instead of ``sys.exit(1)``;
 - under DDP the gradients are all-reduced once per optimizer step, and no ``find_unused_parameters``;
 - checkpoints are written atomically and carry each rank's random-generator state (``rng``), so a
-  resumed run is bit for bit the uninterrupted one; a fresh run refuses a folder that holds checkpoints.
+  resumed run is bit for bit the uninterrupted one; a fresh run refuses a folder that holds checkpoints
+  (``--overwrite`` deletes them and the log first);
+- ``--log_dir`` is accepted but unused: there is no tensorboard, the log is ``OUTPUT/log.txt``.
 """
 
 from __future__ import annotations
@@ -102,7 +104,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         g, "data_path", required=True, help="a folder of images or of class folders (DATA/train is used when it exists)"
     )
     flag(g, "output_dir", default="./output_dir", help="checkpoints and log.txt ('' for no saving)")
-    flag(g, "log_dir", default=None, help="accepted for the official commands; the log is OUTPUT/log.txt")
+    flag(
+        g,
+        "log_dir",
+        default="./output_dir",
+        help="accepted for the official commands (no tensorboard): the log is OUTPUT/log.txt",
+    )
     flag(
         g,
         "save_every",
@@ -191,8 +198,6 @@ def train(args: argparse.Namespace, model_kwargs: dict[str, Any], dist: distribu
     device = dist.device
     dtype = resolve_dtype(args.dtype, device)
     output = Path(args.output_dir) if args.output_dir else None
-    if output is not None and dist.is_main:
-        output.mkdir(parents=True, exist_ok=True)
 
     # Cùng seed (cộng rank) thì cùng dãy số ngẫu nhiên: khởi tạo, cắt ảnh và mặt nạ giống bản gốc.
     seed = args.seed + dist.rank
@@ -218,6 +223,12 @@ def train(args: argparse.Namespace, model_kwargs: dict[str, Any], dist: distribu
             f"an epoch has {steps} batches but --accum_iter is {args.accum_iter}: no optimizer step would be taken. "
             "Lower --accum_iter or --batch_size"
         )
+
+    if output is not None and dist.is_main:  # only once the data is known to be usable
+        output.mkdir(parents=True, exist_ok=True)
+        if args.overwrite and not args.resume:
+            for old in [*checkpoints_in(output).values(), output / metrics.LOG_NAME]:
+                old.unlink(missing_ok=True)  # --overwrite: the earlier run's files would mix with this one's
 
     model_without_ddp = models.create_model(args.model, **model_kwargs).to(device)
     if args.fast:

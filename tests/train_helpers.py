@@ -1,0 +1,92 @@
+"""Helpers shared by the `mae pretrain` tests: a tiny synthetic image folder and the argv of a tiny model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import mae.cli
+
+# A tiny MAE (32x32 images, 8x8 patches, 16 patches): a whole run takes well under a second.
+TINY_MODEL_ARGS = [
+    "embed_dim=32",
+    "depth=2",
+    "num_heads=4",
+    "decoder_embed_dim=16",
+    "decoder_depth=1",
+    "decoder_num_heads=2",
+    "patch_size=8",
+]
+# The same model as keyword arguments of `mae.create_model("mae_vit_base_patch16", ...)`.
+TINY_CONFIG: dict[str, Any] = {
+    "img_size": 32,
+    **{name: int(value) for name, value in (item.split("=") for item in TINY_MODEL_ARGS)},
+}
+TINY_ARGS = [
+    "--model",
+    "mae_vit_base_patch16",
+    "--model_args",
+    *TINY_MODEL_ARGS,
+    "--input_size",
+    "32",
+    "--num_workers",
+    "0",
+    "--device",
+    "cpu",
+]
+
+
+def make_image_folder(root: Path, classes: int = 2, per_class: int = 12, size: int = 40, seed: int = 0) -> Path:
+    """``root/class_k/img_i.png`` (or ``root/img_i.png`` when ``classes`` is 0): random RGB images, fixed seed."""
+    rng = np.random.default_rng(seed)
+    folders = [root / f"class_{k}" for k in range(classes)] if classes else [root]
+    for folder in folders:
+        folder.mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            pixels = rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
+            Image.fromarray(pixels).save(folder / f"img_{i}.png")
+    return root
+
+
+def run_cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    """``mae`` in this process, on one thread: (exit code, stdout, stderr).
+
+    One thread is as fast for these tiny models, and on a busy machine (other tests, other processes on the
+    2 cores) several threads waiting on each other made the same runs 5 times slower.
+    """
+    capsys.readouterr()  # drop what was printed before
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        code = mae.cli.main(list(argv))
+    finally:
+        torch.set_num_threads(threads)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def pretrain(
+    capsys: pytest.CaptureFixture[str], data: Path, output: Path | str, *more: str, epochs: int = 2
+) -> tuple[int, str, str]:
+    """A tiny ``mae pretrain`` run: batches of 4, ``epochs`` epochs with 1 of warmup, then ``more`` flags."""
+    return run_cli(
+        capsys,
+        "pretrain",
+        "--data_path",
+        str(data),
+        *TINY_ARGS,
+        "--batch_size",
+        "4",
+        "--epochs",
+        str(epochs),
+        "--warmup_epochs",
+        "1",
+        "--output_dir",
+        str(output),
+        *more,
+    )
