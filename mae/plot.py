@@ -21,6 +21,7 @@ def plot_log(log: str | Path, output: str | Path) -> Path:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     # Các epoch được huấn luyện lại sau khi resume: giữ bản ghi mới nhất của mỗi epoch.
     by_epoch = {r["epoch"]: r for r in records}
@@ -36,6 +37,8 @@ def plot_log(log: str | Path, output: str | Path) -> Path:
     ax_lr.set(xlabel="epoch", ylabel="learning rate (epoch mean)", title="learning rate")
     ax_lr.ticklabel_format(axis="y", style="sci", scilimits=(0, 0))
     ax_lr.grid(alpha=0.3)
+    for ax in (ax_loss, ax_lr):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole numbers
     fig.suptitle(f"{path} ({len(epochs)} epochs)", fontsize=9)
     fig.tight_layout()
     out = Path(output)
