@@ -26,6 +26,14 @@ def full_model(variant: str) -> mae.MaskedAutoencoderViT:
     return _built[variant]
 
 
+def assert_bit_equal(ours: torch.Tensor, theirs: torch.Tensor, what: str = "") -> None:
+    """Bit equality (the same kernels run on both sides); the message gives the largest difference."""
+    assert ours.shape == theirs.shape, f"{what}: shapes {tuple(ours.shape)} != {tuple(theirs.shape)}"
+    if not torch.equal(ours, theirs):
+        diff = (ours.double() - theirs.double()).abs().max().item()
+        raise AssertionError(f"{what}: not bit-equal, max abs diff {diff:.3g}")
+
+
 def small_config(**overrides: object) -> mae.MAEConfig:
     """A tiny MAE configuration for fast tests."""
     base = dict(

@@ -15,7 +15,7 @@ from timm.models import vision_transformer
 from torch import nn
 
 import mae
-from helpers import small_config
+from helpers import assert_bit_equal, small_config
 from reference import official
 
 
@@ -49,12 +49,10 @@ def test_small_classifiers_equal_timm(global_pool: bool, num_classes: int, depth
     theirs = timm_twin(model).eval()
     imgs = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
-        torch.testing.assert_close(model.forward_features(imgs), theirs.forward_features(imgs), atol=1e-5, rtol=0)
-        torch.testing.assert_close(model(imgs), theirs(imgs), atol=1e-5, rtol=0)
+        assert_bit_equal(model.forward_features(imgs), theirs.forward_features(imgs), "features")
+        assert_bit_equal(model(imgs), theirs(imgs), "logits")
         pre = model.forward_head(model.forward_features(imgs), pre_logits=True)
-        torch.testing.assert_close(
-            pre, theirs.forward_head(theirs.forward_features(imgs), pre_logits=True), atol=1e-5, rtol=0
-        )
+        assert_bit_equal(pre, theirs.forward_head(theirs.forward_features(imgs), pre_logits=True), "pre-logits")
 
 
 @pytest.mark.xdist_group("base")
@@ -68,8 +66,8 @@ def test_vit_base_equals_timm(global_pool: bool) -> None:
     theirs = timm_twin(model).eval()
     imgs = torch.randn(1, 3, 224, 224)
     with torch.no_grad():
-        torch.testing.assert_close(model.forward_features(imgs), theirs.forward_features(imgs), atol=1e-5, rtol=0)
-        torch.testing.assert_close(model(imgs), theirs(imgs), atol=1e-5, rtol=0)
+        assert_bit_equal(model.forward_features(imgs), theirs.forward_features(imgs), "features")
+        assert_bit_equal(model(imgs), theirs(imgs), "logits")
 
 
 def test_stochastic_depth_matches_timm_in_training() -> None:
@@ -156,7 +154,7 @@ def test_fine_tuned_file_loads_strictly_and_gives_timms_logits(tmp_path: Path) -
     assert report.kind == "classifier" and not report.missing and not report.unexpected
     imgs = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
-        torch.testing.assert_close(model(imgs), theirs(imgs), atol=1e-5, rtol=0)
+        assert_bit_equal(model(imgs), theirs(imgs), "logits")
     with pytest.raises(mae.CheckpointError, match=r"head for 10 classes; this model has 5.*num_classes=10"):
         mae.VisionTransformer(small_config(), num_classes=5).load_pretrained(path)
     with pytest.raises(mae.CheckpointError, match=r"global average pooling.*global_pool=True"):
