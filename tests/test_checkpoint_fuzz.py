@@ -125,7 +125,7 @@ def test_corrupted_checkpoints_load_correctly_or_raise_checkpoint_error(case: Ca
             event("refused: " + e.problem.split(":")[0].split("(")[0].strip()[:40])
             return
     event(f"loaded ({report.kind})")
-    if file_op in ("flip_bytes", "truncate"):
+    if file_op == "flip_bytes":
         return  # a flip inside tensor data makes another valid file; its values are not ours to predict
     assert file_op == "none", f"{ops}: a {file_op} file loaded"
     after = model.state_dict()
