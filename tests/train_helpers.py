@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from torch import Tensor, nn
 
 import mae.cli
 
@@ -90,3 +91,16 @@ def pretrain(
         str(output),
         *more,
     )
+
+
+class FixedNoise(nn.Module):
+    """Calls the MAE with the next of a list of masking noises (rows chosen by the caller), so that two runs
+    that draw their random numbers differently still mask the same patches."""
+
+    def __init__(self, model: mae.MaskedAutoencoderViT, noises: list[Tensor]) -> None:
+        super().__init__()
+        self.model = model
+        self.noises = list(noises)
+
+    def forward(self, imgs: Tensor, mask_ratio: float) -> tuple[Tensor, Tensor, Tensor]:
+        return self.model(imgs, mask_ratio=mask_ratio, noise=self.noises.pop(0))
