@@ -64,6 +64,13 @@ def read_file(path: str | Path) -> tuple[dict[str, Tensor], str]:
 
     A directory is read as a transformers save folder: its `model.safetensors` or `pytorch_model.bin`.
     """
+    state_dict, container, _ = read_file_and_target(path)
+    return state_dict, container
+
+
+def read_file_and_target(path: str | Path) -> tuple[dict[str, Tensor], str, bool | None]:
+    """`read_file`, plus the `norm_pix_loss` recorded in a training checkpoint's `args` (`mae pretrain`'s
+    and the official script's); None for files that record none (the official releases, safetensors)."""
     path = Path(path)
     if path.is_dir():
         inside = [path / n for n in TRANSFORMERS_WEIGHT_FILES if (path / n).is_file()]
@@ -82,12 +89,14 @@ def read_file(path: str | Path) -> tuple[dict[str, Tensor], str]:
         magic = f.read(8)
     if path.suffix == ".safetensors" or (len(magic) == 8 and magic[:2] != b"PK" and _looks_like_safetensors(path)):
         try:
-            return load_file(path), "safetensors"
+            return load_file(path), "safetensors", None
         except SafetensorsFormatError as e:
             problem = f"is not a valid safetensors file ({e})."
             raise CheckpointError(path, problem, "Re-download or re-convert it.") from None
     obj = _torch_load(path)
-    return _unwrap(obj, path)
+    args = obj.get("args") if isinstance(obj, Mapping) else None
+    target = getattr(args, "norm_pix_loss", None) if isinstance(args, argparse.Namespace) else None
+    return (*_unwrap(obj, path), target if isinstance(target, bool) else None)
 
 
 def _looks_like_safetensors(path: Path) -> bool:
@@ -312,6 +321,7 @@ class CheckpointInfo:
     model_name: str | None = None  # "mae_vit_large_patch16"
     official: OfficialFile | None = None
     removed_prefixes: list[str] = field(default_factory=list)
+    trained_norm_pix_loss: bool | None = None  # recorded in a training checkpoint's `args`
 
     def describe(self) -> str:
         """E.g. "ViT-Base/16, 12 blocks, dim 768, 224x224"."""
@@ -323,8 +333,18 @@ class CheckpointInfo:
 
     @property
     def norm_pix_loss(self) -> bool | None:
-        """The reconstruction target the file was trained with, where its official name tells."""
-        return self.official.norm_pix_loss if self.official else None
+        """The reconstruction target the file was trained with, where its official name or its run's
+        arguments tell (see `target_source`)."""
+        if self.official and self.official.norm_pix_loss is not None:
+            return self.official.norm_pix_loss
+        return self.trained_norm_pix_loss
+
+    @property
+    def target_source(self) -> str:
+        """Where `norm_pix_loss` comes from: "the official file name", "the run's arguments" or ""."""
+        if self.official and self.official.norm_pix_loss is not None:
+            return "the official file name"
+        return "the run's arguments" if self.trained_norm_pix_loss is not None else ""
 
 
 def _block_count(keys: list[str], stack: str) -> int | None:
@@ -379,7 +399,7 @@ def describe_state_dict(
 
 def read_checkpoint(path: str | Path) -> tuple[dict[str, Tensor], CheckpointInfo]:
     """A file's state dict in official keys, and what it holds. Never runs code from the file."""
-    raw, container = read_file(path)
+    raw, container, target = read_file_and_target(path)
     state_dict, removed = strip_prefixes(raw)
     layout = detect_layout(list(state_dict))
     if layout != "official":
@@ -388,6 +408,7 @@ def read_checkpoint(path: str | Path) -> tuple[dict[str, Tensor], CheckpointInfo
         layout = f"safetensors ({layout} keys)"
     info = describe_state_dict(state_dict, path, container, layout)
     info.removed_prefixes = removed
+    info.trained_norm_pix_loss = target
     return state_dict, info
 
 

@@ -113,7 +113,7 @@ def format_info(info: CheckpointInfo, path: Path) -> str:
         + (
             "unknown: the file name does not tell; choose norm_pix_loss yourself"
             if target is None
-            else f"norm_pix_loss={target} (from the official file name)"
+            else f"norm_pix_loss={target} (from {info.target_source})"
         )
     )
     if info.model_name and info.kind in ("full", "encoder"):

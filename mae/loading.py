@@ -48,7 +48,7 @@ class LoadReport:
     unexpected: list[str] = field(default_factory=list)  # in the file, not loaded (the decoder, into an encoder)
     notes: list[str] = field(default_factory=list)  # logged at INFO
     warnings: list[str] = field(default_factory=list)  # logged at WARNING: the model is not ready for its task
-    norm_pix_loss: bool | None = None  # the target the file was trained with, where its name tells
+    norm_pix_loss: bool | None = None  # the target the file was trained with, where its name or its args tell
 
     def summary(self) -> str:
         """One line for the log."""
@@ -203,7 +203,7 @@ def _plan(
         file_target = info.norm_pix_loss
         if file_target is None:
             notes.append(
-                f"the file name does not tell which target it was trained with; the model keeps "
+                f"neither the file name nor its arguments tell which target it was trained with; the model keeps "
                 f"norm_pix_loss={c.norm_pix_loss}"
             )
         elif file_target != c.norm_pix_loss:

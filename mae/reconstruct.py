@@ -120,13 +120,17 @@ def to_uint8(image: Tensor) -> Tensor:
     return (image * 255.0).round().clamp(0, 255).to(torch.uint8).permute(1, 2, 0)
 
 
-def render(result: Reconstruction, notes: list[str]) -> Any:
-    """The figure: four panels side by side at their own resolution, titles above, notes below."""
+def render(result: Reconstruction, notes: list[str], scale: int = 1) -> Any:
+    """The figure: four panels side by side, titles above, notes below.
+
+    Each panel is drawn `scale` times its resolution, by nearest neighbour (every pixel a scale x scale
+    square, so the patches stay sharp): small models' images stay readable.
+    """
     Image = _pil()
     from PIL import ImageDraw
 
     panels = [result.original, result.masked, result.reconstruction, result.pasted]
-    h, w = panels[0].shape[1:]
+    h, w = (scale * n for n in panels[0].shape[1:])
     width = 4 * w + 5 * GAP
     height = TITLE_HEIGHT + h + GAP + NOTE_HEIGHT * max(1, len(notes))
     canvas = Image.new("RGB", (width, height), (255, 255, 255))
@@ -134,7 +138,8 @@ def render(result: Reconstruction, notes: list[str]) -> Any:
     for i, (panel, title) in enumerate(zip(panels, TITLES, strict=True)):
         left = GAP + i * (w + GAP)
         pixels = to_uint8(panel)
-        canvas.paste(Image.frombytes("RGB", (w, h), bytes(pixels.flatten().tolist())), (left, TITLE_HEIGHT))
+        picture = Image.frombytes("RGB", (w // scale, h // scale), bytes(pixels.flatten().tolist()))
+        canvas.paste(picture.resize((w, h), Image.Resampling.NEAREST), (left, TITLE_HEIGHT))
         draw.text((left, 4), title, fill=(0, 0, 0))
     for j, note in enumerate(notes):
         colour = (200, 0, 0) if note.startswith("UNTRAINED") else (60, 60, 60)
@@ -182,14 +187,12 @@ def run(
         kwargs: dict[str, Any] = {}
         if spec is not None:
             model_name, kwargs = spec
-            trained_target = kwargs.pop("norm_pix_loss")
-            if target is None:
-                target = trained_target
-                log.info("norm_pix_loss=%s (from the run's arguments in the checkpoint)", target)
-        model_name = info.model_name or model_name if spec is None else model_name
+            kwargs.pop("norm_pix_loss")  # the run's target is read below, with the official names'
+        else:
+            model_name = info.model_name or model_name
         if target is None:
             target = bool(info.norm_pix_loss)
-            source = "from the file name" if info.norm_pix_loss is not None else "the file name does not tell"
+            source = f"from {info.target_source}" if info.norm_pix_loss is not None else "the file does not tell"
             log.info("norm_pix_loss=%s (%s)", target, source)
         model = create_model(model_name, checkpoint_path=checkpoint, norm_pix_loss=target, **kwargs)
         if info.kind == "encoder":
@@ -211,5 +214,5 @@ def run(
     label = Path(checkpoint).name if checkpoint is not None else f"{model_name} (random init)"
     notes.append(f"{label}, mask ratio {mask_ratio}, seed {seed}, loss {result.loss:.4f}; image {photo.name}")
     out = Path(output)
-    render(result, notes).save(out, format="PNG")
+    render(result, notes, scale=max(1, 224 // model.config.img_size)).save(out, format="PNG")
     return out, notes

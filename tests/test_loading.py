@@ -460,4 +460,4 @@ def test_training_target_from_the_file_name(tmp_path: Path, name: str, model_tar
     assert model.config.norm_pix_loss is model_target  # never changed behind the user's back
     assert bool(report.warnings) is warned
     if name == "my_run.pth":
-        assert any("does not tell which target" in n for n in report.notes)
+        assert any("nor its arguments tell which target" in n for n in report.notes)

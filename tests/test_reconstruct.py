@@ -75,7 +75,7 @@ def test_command_writes_the_figure(tmp_path: Path) -> None:
         timeout=600,
     )
     assert done.returncode == 0, done.stderr
-    assert "norm_pix_loss=False (from the file name)" in done.stderr
+    assert "norm_pix_loss=False (from the official file name)" in done.stderr
     figure = read_png(out)
     size = 224
     assert figure.shape == (rc.TITLE_HEIGHT + size + rc.GAP + rc.NOTE_HEIGHT, 4 * size + 5 * rc.GAP, 3)

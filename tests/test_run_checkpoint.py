@@ -296,3 +296,20 @@ def test_a_nan_loss_stops_naming_the_step_and_the_checkpoint(
     code, out, err = pretrain(capsys, data, out_dir, "--save_every", "1", "--resume", str(last), epochs=3)
     assert code == 0, err
     assert f"resume: continuing at epoch {epoch}" in out and list(run_checkpoint.checkpoints_in(out_dir)) == [0, 1, 2]
+
+
+def test_the_runs_model_and_target_are_read_back_from_its_checkpoint(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, data: Path
+) -> None:
+    from mae import reconstruct
+
+    out_dir = tmp_path / "out"
+    assert pretrain(capsys, data, out_dir, "--norm_pix_loss", epochs=1)[0] == 0
+    path = out_dir / "checkpoint-0.pth"
+    info = mae.inspect_checkpoint(path)
+    assert info.norm_pix_loss is True and info.target_source == "the run's arguments"
+    report = mae.create_model("mae_vit_base_patch16", **TINY_CONFIG).load_pretrained(path)
+    assert any("was trained with norm_pix_loss=True" in w for w in report.warnings)
+    # `mae reconstruct` builds the run's (custom) model with its target, from the checkpoint alone.
+    _, notes = reconstruct.run(None, path, tmp_path / "figure.png")
+    assert any(n.startswith("norm-pix model") for n in notes) and not any("UNTRAINED" in n for n in notes)
