@@ -183,6 +183,7 @@ def run(args: argparse.Namespace) -> int:
     dist = distributed.setup(args.device, args.dist_url, args.dist_on_itp)
     try:
         train(args, model_kwargs, dist)
+        dist.barrier()  # leave together: a gloo process whose peer hangs up first can abort at exit
     finally:
         distributed.teardown()
     return 0
