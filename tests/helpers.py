@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
+import importlib.util
+import socket
+from pathlib import Path
+from types import ModuleType
+
 import torch
 
 import mae
+
+FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
 
 VARIANTS = {
     "base": "mae_vit_base_patch16",
@@ -49,3 +56,19 @@ def small_config(**overrides: object) -> mae.MAEConfig:
     )
     base.update(overrides)
     return mae.MAEConfig(**base)  # type: ignore[arg-type]
+
+
+def free_port() -> int:
+    """A free TCP port on the loopback interface, for a process group's rendezvous."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def make_fixtures() -> ModuleType:
+    """`fixtures/make_fixtures.py` as a module (its cases, and the functions that compute them)."""
+    spec = importlib.util.spec_from_file_location("make_fixtures", FIXTURES / "make_fixtures.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

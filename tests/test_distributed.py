@@ -5,7 +5,6 @@ the DDP-wrapped model (`module.` keys) loads back through `load_pretrained`."""
 from __future__ import annotations
 
 import os
-import socket
 from pathlib import Path
 
 import pytest
@@ -16,7 +15,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 import mae
-from helpers import small_config
+from helpers import free_port, small_config
 
 WORLD = 2
 BATCH = 4  # global batch, split evenly between the ranks
@@ -57,12 +56,6 @@ def worker(rank: int, port: int, folder: str) -> None:
                 torch.save({"model": ddp.state_dict()}, Path(folder) / f"{kind}_ddp.pth")
     finally:
         dist.destroy_process_group()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(), reason="torch built without gloo")

@@ -3,25 +3,16 @@ computed. Ours must reproduce them; and the reference, re-run now, must still pr
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
-from types import ModuleType
 
 import pytest
 import torch
 
 import mae
+from helpers import make_fixtures
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
 CASES = sorted(p.name.removesuffix(".golden.pt") for p in FIXTURES.glob("*.golden.pt"))
-
-
-def make_fixtures() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("make_fixtures", FIXTURES / "make_fixtures.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def load_case(name: str) -> tuple[dict[str, torch.Tensor], dict[str, object]]:

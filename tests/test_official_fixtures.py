@@ -14,17 +14,15 @@ $MAE_OFFICIAL_REPO set, the official code re-computes the fixtures and must find
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import json
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
 import torch
 
 import mae
-from helpers import VARIANTS, full_model
+from helpers import VARIANTS, full_model, make_fixtures
 from mae.pos_embed import get_2d_sincos_pos_embed
 from reference import official
 
@@ -32,15 +30,7 @@ FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
 OFFICIAL = FIXTURES / "official"
 
 
-def _make_fixtures() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("make_fixtures", FIXTURES / "make_fixtures.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-make = _make_fixtures()
+make = make_fixtures()
 DIGESTS: dict[str, Any] = json.loads((OFFICIAL / "init_digests.json").read_text())
 COMMIT: str = DIGESTS["official"]["commit"]
 HELD_TO = f"official facebookresearch/mae commit {COMMIT}"

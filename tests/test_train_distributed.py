@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -38,7 +37,7 @@ from torch.nn.parallel import DistributedDataParallel
 from train_helpers import FixedNoise, make_image_folder
 
 import mae
-from helpers import small_config
+from helpers import free_port, small_config
 from mae.train.distributed import Dist
 from mae.train.engine_pretrain import train_one_epoch
 from mae.train.optim import build_adamw
@@ -132,12 +131,6 @@ def worker(rank: int, port: int, folder: str) -> None:
         torch.save(snapshots, Path(folder) / f"rank{rank}.pt")
     finally:
         dist.destroy_process_group()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def assert_close(actual: Tensor, expected: Tensor, what: str) -> None:
