@@ -16,7 +16,8 @@ calls `torch.cuda.synchronize()` after every step (a no-op on a machine without 
 tensorboard's `SummaryWriter` (a stand-in that records nothing, where tensorboard is not installed);
 its resume calls `torch.load` with the current default `weights_only=True`, which refuses the
 `argparse.Namespace` its own checkpoints hold (allowed while it runs); and it replaces `builtins.print`
-(restored after).
+(restored after). `training_shims()` applies them all for other official training code, e.g. the
+`engine_pretrain` module that `official_engine()` returns.
 """
 
 from __future__ import annotations
@@ -220,6 +221,27 @@ def official_module(name: str) -> ModuleType:
         sys.modules.update(saved)
     _modules[name] = module
     return module
+
+
+@contextlib.contextmanager
+def training_shims() -> Iterator[None]:
+    """Every shim of `run_official_pretrain`, for running the official training code in this process."""
+    with _shims(), _training_shims():
+        yield
+
+
+def official_engine() -> tuple[ModuleType, ModuleType]:
+    """The official `engine_pretrain` module and the `util.misc` it uses, imported once.
+
+    Call their functions inside `training_shims()`: `util.misc` imports `torch._six`, and the engine calls
+    `torch.cuda.synchronize()` after every step, which exist (as stand-ins) only while the shims apply.
+    """
+    if "engine_pretrain" not in _modules:
+        with _training_shims():
+            official_module("engine_pretrain")
+        sys.modules.pop("engine_pretrain", None)  # nothing else in this process sees the checkout's module
+    engine = _modules["engine_pretrain"]
+    return engine, engine.misc
 
 
 def build_official(variant: str, **kwargs: Any) -> Any:

@@ -40,7 +40,7 @@ from .data import build_loader, build_pretrain_dataset
 from .engine_pretrain import NonFiniteLossError, train_one_epoch
 from .flags import flag, key_values, non_negative, positive
 from .optim import build_adamw
-from .precision import autocast, grad_scaler, resolve_dtype
+from .precision import autocast, grad_scaler, resolve_dtype, warn_if_fast_path_gains_nothing
 from .run_checkpoint import (
     checkpoint_path,
     checkpoints_in,
@@ -165,6 +165,8 @@ def check_arguments(args: argparse.Namespace) -> dict[str, Any]:
         )  # the configuration's own checks (e.g. a size the patch does not divide)
     if args.fast and (args.device != "cpu" or args.dtype not in ("auto", "float32")):
         raise ValueError("--fast is the float32 CPU path: use it with --device cpu and --dtype float32")
+    if args.fast:
+        warn_if_fast_path_gains_nothing()
     if args.output_dir and not args.resume and not args.overwrite:
         found = checkpoints_in(args.output_dir)
         if found:

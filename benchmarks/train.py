@@ -1,0 +1,511 @@
+"""Training-step benchmark: images/s of MAE pre-training steps, ours against the official engine.
+
+Every variant trains through its engine's own `train_one_epoch` (forward, loss, backward, AdamW step with
+the official weight-decay groups and betas, the per-iteration learning-rate schedule) over a loader of
+fixed random images, in one process; the variants alternate round-robin after one warm-up call each, and
+medians are reported:
+- "ours": `mae.train.engine_pretrain.train_one_epoch`, float32, the default path;
+- "fast": the same, after `mae.set_onednn_linear(model, True)` (`mae pretrain --fast`; float32 CPU only);
+- "bf16": the same under `mae.train.precision.autocast(device, torch.bfloat16)` (`--dtype bfloat16`);
+- "compile": the same through `torch.compile(model)` (`--compile`); its first call, compilation included,
+  is reported apart, and it is warmed up by two calls (the second recompiles a small function once);
+- "official" (with $MAE_OFFICIAL_REPO): the official `engine_pretrain.train_one_epoch` with the official
+  model, its AdamW groups and its `NativeScalerWithGradNormCount`, run under the shims of
+  `reference.official` (applied only while the official code runs).
+Our four variants share one model and one optimizer (the fast path only switches the class of each
+`nn.Linear` for its own calls); the official engine has its own model, with the same weights.
+
+Peak memory per call: on the CPU, the growth of the resident set (VmHWM, reset before each call through
+/proc/self/clear_refs after returning freed heap pages with `malloc_trim`) over the RSS before it; weights
+and optimizer state, allocated in the warm-up, are not part of it. On CUDA, `max_memory_allocated` growth.
+
+A variant whose warm-up call took more than SLOW_FACTOR times the float32 default's (bf16 on a CPU without
+bf16 instructions: emulated, tens of times slower) is not repeated, unless `--repeat-slow`: its row is that
+one call, and says so.
+
+The loss curve: a small model trained for a few steps from the same seed and data, in float32 and in the
+other precisions/paths; the largest relative difference of the loss at any step against float32.
+
+    python -m benchmarks train [--model base] [--batch 8] [--rounds 5] [--steps 1]
+                               [--variants ours,fast,bf16,compile,official] [--curve-model small]
+                               [--curve-steps 20] [--device cpu|cuda] [--repeat-slow] [--json FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import ctypes
+import io
+import json
+import os
+import statistics
+import sys
+import time
+import warnings
+from collections.abc import Callable, Iterator
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import mae
+from benchmarks.forward import machine
+from mae.train.distributed import Dist
+from mae.train.engine_pretrain import train_one_epoch
+from mae.train.optim import BETAS, build_adamw
+from mae.train.precision import autocast, cpu_has_native_bf16, grad_scaler
+from mae.train.schedule import CosineSchedule, base_learning_rate
+
+VARIANTS = {"base": "mae_vit_base_patch16", "large": "mae_vit_large_patch16", "huge": "mae_vit_huge_patch14"}
+# Configurations on the ViT-B factory for short runs: the loss curve ("small") and smoke tests ("tiny").
+SMALL: dict[str, dict[str, Any]] = {
+    "tiny": dict(img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=4, decoder_embed_dim=16,
+                 decoder_depth=1, decoder_num_heads=2),
+    "small": dict(img_size=32, patch_size=4, embed_dim=96, depth=4, num_heads=3, decoder_embed_dim=64,
+                  decoder_depth=2, decoder_num_heads=4),
+}  # fmt: skip
+LABELS = {
+    "ours": "ours, float32 (default path)",
+    "fast": "ours --fast (oneDNN linear layers, float32)",
+    "bf16": "ours, bf16 autocast",
+    "compile": "ours, torch.compile (float32)",
+    "official": "official engine (float32 on the CPU)",
+}
+GOALS = {"fast": 1.8, "bf16": 3.0, "curve": 0.02}  # images/s over the official engine's; loss relative difference
+SLOW_FACTOR = 8.0
+MASK_RATIO, WEIGHT_DECAY, BLR = 0.75, 0.05, 1.5e-4  # the paper's recipe (blr 1.5e-4, weight decay 0.05)
+CURVE_LR = 1e-3  # large enough that a 20-step curve moves; warmup over its first quarter, then cosine
+
+
+def build_ours(model: str) -> mae.MaskedAutoencoderViT:
+    if model in VARIANTS:
+        return mae.create_model(VARIANTS[model])
+    return mae.create_model("mae_vit_base_patch16", **SMALL[model])
+
+
+def build_official_model(model: str, config: mae.MAEConfig) -> nn.Module:
+    from reference import official
+
+    if model in VARIANTS:
+        built: nn.Module = official.build_official(model)
+    else:
+        c = config
+        built = official.build_official_custom(
+            img_size=c.img_size, patch_size=c.patch_size, in_chans=c.in_chans, embed_dim=c.embed_dim,
+            depth=c.depth, num_heads=c.num_heads, decoder_embed_dim=c.decoder_embed_dim,
+            decoder_depth=c.decoder_depth, decoder_num_heads=c.decoder_num_heads, mlp_ratio=c.mlp_ratio,
+            norm_layer=partial(nn.LayerNorm, eps=c.norm_eps), norm_pix_loss=c.norm_pix_loss,
+        )  # fmt: skip
+    return built
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+# --- memory -------------------------------------------------------------------------------------------
+
+
+def _status_bytes(field: str) -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) * 1024
+    raise KeyError(field)
+
+
+def _reset_peak(device: torch.device) -> int | None:
+    """Start a peak measurement; returns the baseline (bytes), or None where it cannot be measured."""
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        return int(torch.cuda.memory_allocated(device))
+    try:
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL("libc.so.6").malloc_trim(0)  # freed heap pages back to the system: a true baseline
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")  # VmHWM := VmRSS now
+        return _status_bytes("VmRSS")
+    except (OSError, KeyError):
+        return None
+
+
+def _peak_growth(device: torch.device, base: int | None) -> float | None:
+    if base is None:
+        return None
+    peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else _status_bytes("VmHWM")
+    return float(peak - base)
+
+
+def timed_call(f: Callable[[], None], device: torch.device) -> tuple[float, float | None]:
+    """Seconds of one call of f, and its peak memory growth in bytes (None where unmeasurable)."""
+    base = _reset_peak(device)
+    _sync(device)
+    start = time.perf_counter()
+    f()
+    _sync(device)
+    seconds = time.perf_counter() - start
+    return seconds, _peak_growth(device, base)
+
+
+# --- the variants -------------------------------------------------------------------------------------
+
+
+def fast_applies(device: torch.device) -> bool:
+    return device.type == "cpu" and mae.onednn_available()
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """The official engine prints a log line every 20 steps and warns about torch.cuda.amp on the CPU."""
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+        warnings.simplefilter("ignore")
+        yield
+
+
+def ours_call(
+    model: mae.MaskedAutoencoderViT,
+    forward: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    schedule: CosineSchedule,
+    loader: list[tuple[torch.Tensor, torch.Tensor]],
+    device: torch.device,
+    *,
+    fast: bool = False,
+    dtype: torch.dtype = torch.float32,
+) -> Callable[[], None]:
+    """One epoch over `loader` by our engine (through `forward`, the model or its compiled wrapper)."""
+    scaler = grad_scaler(device, dtype)
+
+    def go() -> None:
+        mae.set_onednn_linear(model, fast)  # one model object, switched for this call only
+        try:
+            train_one_epoch(
+                forward, loader, optimizer, scaler, schedule, 0, steps=len(loader), mask_ratio=MASK_RATIO,
+                autocast=autocast(device, dtype), dist=Dist(device=device),
+            )  # fmt: skip
+        finally:
+            mae.set_onednn_linear(model, False)
+
+    return go
+
+
+def official_call(
+    model: nn.Module, loader: list[tuple[torch.Tensor, torch.Tensor]], device: torch.device, schedule: CosineSchedule
+) -> Callable[[], None]:
+    """One epoch over `loader` by the official engine, with its optimizer groups and loss scaler."""
+    from reference.official import official_engine, training_shims
+
+    engine, misc = official_engine()
+    _assert_official_betas()
+    with training_shims(), _quiet():
+        import timm.optim.optim_factory as optim_factory  # the module main_pretrain.py takes its groups from
+
+        groups = optim_factory.add_weight_decay(model, WEIGHT_DECAY)  # type: ignore[attr-defined]
+        optimizer = torch.optim.AdamW(groups, lr=schedule.lr, betas=BETAS)  # main_pretrain.py's optimizer
+        scaler = misc.NativeScalerWithGradNormCount()
+    args = argparse.Namespace(
+        accum_iter=1, mask_ratio=MASK_RATIO, lr=schedule.lr, min_lr=schedule.min_lr,
+        warmup_epochs=schedule.warmup_epochs, epochs=schedule.epochs,
+    )  # fmt: skip
+
+    def go() -> None:
+        with training_shims(), _quiet():
+            engine.train_one_epoch(model, loader, optimizer, device, 0, scaler, log_writer=None, args=args)
+
+    return go
+
+
+def _assert_official_betas() -> None:
+    """main_pretrain.py builds `torch.optim.AdamW(param_groups, lr=args.lr, betas=(0.9, 0.95))`: hold it so."""
+    from reference.official import official_repo
+
+    source = (Path(str(official_repo())) / "main_pretrain.py").read_text()
+    assert f"betas={BETAS}".replace(" ", "") in source.replace(" ", ""), "the official betas changed"
+
+
+def _loader(batch: int, size: int, steps: int, device: torch.device) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    torch.manual_seed(0)
+    imgs = torch.randn(batch, 3, size, size, device=device)
+    return [(imgs, torch.zeros(batch, dtype=torch.long, device=device))] * steps
+
+
+def _bytes(tensors: Iterator[torch.Tensor]) -> int:
+    return sum(t.numel() * t.element_size() for t in tensors)
+
+
+def bench_steps(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
+    torch.manual_seed(0)
+    model = build_ours(args.model).to(device)
+    config = model.config
+    lr = base_learning_rate(BLR, args.batch)
+    schedule = CosineSchedule(lr, 0.0, 1.0, 2)  # every call is epoch 0 of 2: warmup learning rates, as early on
+    optimizer = build_adamw(model, lr, WEIGHT_DECAY)
+    loader = _loader(args.batch, config.img_size, args.steps, device)
+    functions: dict[str, Callable[[], None]] = {}
+    for name in args.variants:
+        if name == "ours":
+            functions[name] = ours_call(model, model, optimizer, schedule, loader, device)
+        elif name == "fast":
+            functions[name] = ours_call(model, model, optimizer, schedule, loader, device, fast=True)
+        elif name == "bf16":
+            functions[name] = ours_call(model, model, optimizer, schedule, loader, device, dtype=torch.bfloat16)
+        elif name == "compile":
+            compiled = torch.compile(model)
+            functions[name] = ours_call(model, compiled, optimizer, schedule, loader, device)  # type: ignore[arg-type]
+        elif name == "official":
+            official = build_official_model(args.model, config).to(device)
+            official.load_state_dict(model.state_dict(), strict=True)
+            functions[name] = official_call(official, loader, device, schedule)
+
+    warm: dict[str, tuple[float, float | None]] = {}
+    for name, f in functions.items():
+        warm[name] = timed_call(f, device)
+        print(f"[train] warm-up {name}: {warm[name][0]:.2f} s", file=sys.stderr)
+        if name == "compile":
+            f()  # the second compiled call recompiles once more (the mask's noise is drawn outside the graph)
+    # AdamW allocates its moments at the first step: weights and optimizer state now exist, before any timed call.
+    state = _bytes(iter(model.parameters())) + _bytes(
+        t for s in optimizer.state.values() for t in s.values() if isinstance(t, torch.Tensor)
+    )
+    reference = warm["ours"][0] if "ours" in warm else None
+    slow = set()
+    if reference and not args.repeat_slow:
+        slow = {n for n, (s, _) in warm.items() if n != "compile" and s > SLOW_FACTOR * reference}
+    seconds: dict[str, list[float]] = {name: [] for name in functions}
+    peaks: dict[str, list[float]] = {name: [] for name in functions}
+    for i in range(args.rounds):
+        for name, f in functions.items():
+            if name in slow:
+                continue
+            s, peak = timed_call(f, device)
+            seconds[name].append(s)
+            if peak is not None:
+                peaks[name].append(peak)
+        line = ", ".join(f"{n} {v[-1]:.2f} s" for n, v in seconds.items() if v)
+        print(f"[train] round {i + 1}/{args.rounds}: {line}", file=sys.stderr)
+    rows: dict[str, dict[str, Any]] = {}
+    for name in functions:
+        samples = seconds[name] or [warm[name][0]]
+        warm_peak = warm[name][1]
+        peak_samples = peaks[name] or ([warm_peak] if warm_peak is not None else [])
+        median = statistics.median(samples)
+        rows[name] = {
+            "seconds": samples,
+            "images_per_s": args.steps * args.batch / median,
+            "seconds_per_step": median / args.steps,
+            "peak_growth_bytes": max(peak_samples) if peak_samples else None,
+            "warmup_s": warm[name][0],
+            "warmup_only": name in slow,
+        }
+    return {"rows": rows, "state_bytes": state, "img_size": config.img_size}
+
+
+# --- the loss curve -----------------------------------------------------------------------------------
+
+
+def _curve_data(batch: int, size: int, steps: int, device: torch.device) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Smooth random images (bilinear up-sampling of 4x4 noise), so that a short run learns something."""
+    g = torch.Generator().manual_seed(0)
+    batches = [
+        F.interpolate(torch.randn(batch, 3, 4, 4, generator=g), size=size, mode="bilinear") for _ in range(steps)
+    ]
+    return [(b.to(device), torch.zeros(batch, dtype=torch.long, device=device)) for b in batches]
+
+
+def _recorder(losses: list[float]) -> Callable[[nn.Module, Any, Any], None]:
+    """A forward hook keeping the loss of every forward (the first output of an MAE forward)."""
+
+    def hook(module: nn.Module, inputs: Any, output: Any) -> None:
+        losses.append(float(output[0].detach()))
+
+    return hook
+
+
+def loss_curves(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
+    """Per-step losses of a short run from seed 0, in float32 and each requested path; largest relative gap."""
+    steps = args.curve_steps
+    schedule = CosineSchedule(CURVE_LR, 0.0, 0.25, 1)  # one epoch of `steps` iterations
+    curves: dict[str, list[float]] = {}
+    wanted = ["ours"] + [n for n in ("fast", "bf16", "official") if n in args.variants]
+    for name in wanted:
+        torch.manual_seed(0)
+        model = build_ours(args.curve_model).to(device)
+        data = _curve_data(args.batch, model.config.img_size, steps, device)
+        losses: list[float] = []
+        if name == "official":
+            official = build_official_model(args.curve_model, model.config).to(device)
+            official.load_state_dict(model.state_dict(), strict=True)
+            official.register_forward_hook(_recorder(losses))
+            run = official_call(official, data, device, schedule)
+        else:
+            model.register_forward_hook(_recorder(losses))
+            optimizer = build_adamw(model, CURVE_LR, WEIGHT_DECAY)
+            dtype = torch.bfloat16 if name == "bf16" else torch.float32
+            run = ours_call(model, model, optimizer, schedule, data, device, fast=name == "fast", dtype=dtype)
+        torch.manual_seed(1)  # the masks: one torch.rand(N, L) per step, the same draws for every path
+        start = time.perf_counter()
+        run()
+        curves[name] = losses
+        took = time.perf_counter() - start
+        print(f"[train] loss curve {name}: {losses[0]:.4f} -> {losses[-1]:.4f} ({took:.1f} s)", file=sys.stderr)
+    reference = curves["ours"]
+    gaps = {n: max(abs(v / r - 1) for v, r in zip(c, reference, strict=True)) for n, c in curves.items() if n != "ours"}
+    return {"model": args.curve_model, "steps": steps, "batch": args.batch, "curves": curves, "max_rel_diff": gaps}
+
+
+# --- the report ---------------------------------------------------------------------------------------
+
+
+def host(device: torch.device) -> str:
+    """The machine, with the CPU's vector instruction sets (what bf16 and oneDNN speed depends on)."""
+    try:
+        flags = next(line.split(":", 1)[1].split() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                     if line.startswith("flags"))  # fmt: skip
+    except (OSError, StopIteration):
+        flags = []
+    wanted = ("avx2", "fma", "avx512f", "avx512_bf16", "amx_bf16")
+    present = [f for f in wanted if f in flags]
+    absent = [f for f in wanted if f not in flags]
+    isa = " ".join(present) or "unknown"
+    if flags and absent:
+        isa += f" (no {', '.join(absent)})"
+    text = (
+        f"{machine()}; CPU instruction sets: {isa}; torch CPU kernels: {torch.backends.cpu.get_cpu_capability()}; "
+        f"native bf16 on the CPU: {'yes' if cpu_has_native_bf16() else 'no (bf16 products are emulated)'}"
+    )
+    if device.type == "cuda":
+        text += f"; GPU: {torch.cuda.get_device_name(device)}"
+    return text
+
+
+def _ratio(value: float | None, other: float | None) -> str:
+    return f"{value / other:.2f}" if value and other else "-"
+
+
+def goals(results: dict[str, Any]) -> list[str]:
+    rows, curve = results["steps"]["rows"], results.get("curve")
+    official = rows.get("official", {}).get("images_per_s")
+    ours = rows.get("ours", {}).get("images_per_s")
+    lines = ["| goal | measured | verdict |", "|---|---|---|"]
+    for name, text in (("fast", "float32 fast path (`--fast`)"), ("bf16", "bf16 autocast")):
+        goal = f"{text} >= {GOALS[name]:g}x the official engine's images/s"
+        value = rows.get(name, {}).get("images_per_s")
+        if value is None:
+            lines.append(f"| {goal} | not measured ({name} not run) | - |")
+        elif official is None:
+            hint = f"; {value / ours:.2f}x our float32 default path" if ours else ""
+            lines.append(f"| {goal} | not measured: MAE_OFFICIAL_REPO unset{hint} | - |")
+        else:
+            verdict = "met" if value / official >= GOALS[name] else "missed"
+            lines.append(f"| {goal} | {value / official:.2f}x | {verdict} |")
+    goal = f"bf16 loss within {100 * GOALS['curve']:g} % of float32 at every step"
+    if curve and "bf16" in curve["max_rel_diff"]:
+        gap = curve["max_rel_diff"]["bf16"]
+        steps = f"{curve['steps']} steps, {curve['model']} model"
+        lines.append(f"| {goal} ({steps}) | {gap:.1e} | {'met' if gap <= GOALS['curve'] else 'missed'} |")
+    else:
+        lines.append(f"| {goal} | not measured (bf16 not run) | - |")
+    return lines
+
+
+def report(results: dict[str, Any]) -> str:
+    steps, a = results["steps"], results["args"]
+    rows = steps["rows"]
+    ours, official = rows.get("ours", {}).get("images_per_s"), rows.get("official", {}).get("images_per_s")
+    memory = "peak CUDA memory growth" if results["device"].startswith("cuda") else "peak RSS growth"
+    lines = [
+        f"Machine: {results['host']}; device {results['device']}.",
+        "",
+        f"{a['model']} model, batch {a['batch']} at {steps['img_size']} px, mask ratio {MASK_RATIO}, AdamW (official "
+        f"groups, betas {BETAS}); {a['steps']} step(s) per call, variants alternating, median of {a['rounds']} "
+        "rounds after one warm-up call each.",
+        "",
+        f"| variant | images/s | s/step | s/step min-max | / ours float32 | / official | {memory} per call (GB) "
+        "| calls timed |",
+        "|---" * 8 + "|",
+    ]
+    for name, row in rows.items():
+        per_step = [s / a["steps"] for s in row["seconds"]]
+        timed = f"1 (its warm-up; > {SLOW_FACTOR:g}x float32)" if row["warmup_only"] else str(len(row["seconds"]))
+        peak = row["peak_growth_bytes"]
+        cells = [
+            LABELS[name], f"{row['images_per_s']:.3g}", f"{row['seconds_per_step']:.2f}",
+            f"{min(per_step):.2f}-{max(per_step):.2f}", _ratio(row["images_per_s"], ours),
+            _ratio(row["images_per_s"], official), "-" if peak is None else f"{peak / 1e9:.3g}", timed,
+        ]  # fmt: skip
+        lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", *goals(results), ""]
+    if official is None:
+        lines.append("The official engine was not run (MAE_OFFICIAL_REPO unset): ours only.")
+    if "compile" in rows:
+        lines.append(
+            f"torch.compile: first call (compilation and {a['steps']} step(s)) {rows['compile']['warmup_s']:.0f} s "
+            "(inductor's on-disk cache shortens it in later runs)."
+        )
+    lines.append(
+        f"Weights and AdamW state of our model: {steps['state_bytes'] / 1e9:.3g} GB (shared by our variants, allocated "
+        "before the timed calls; not in the peak column)."
+    )
+    curve = results.get("curve")
+    if curve:
+        ref = curve["curves"]["ours"]
+        gaps = ", ".join(f"{n} {g:.1e}" for n, g in curve["max_rel_diff"].items()) or "no other path run"
+        lines.append(
+            f"Loss curve, {curve['model']} model, batch {curve['batch']}, {curve['steps']} steps from seed 0: float32 "
+            f"{ref[0]:.4f} -> {ref[-1]:.4f}; largest relative difference from float32 at any step: {gaps}."
+        )
+    load = results["load_average"]
+    lines.append(
+        f"Load average (1 min) at the start and the end: {load[0]:.1f}, {load[1]:.1f} on {os.cpu_count()} CPUs; this "
+        f"benchmark's own {torch.get_num_threads()} threads account for up to {torch.get_num_threads()} of it, and "
+        "more means other processes competed for the cores (noisier, slower times)."
+    )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks train", description=__doc__.splitlines()[0])
+    parser.add_argument("--model", choices=[*VARIANTS, *SMALL], default="base")
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--steps", type=int, default=1, help="training steps per timed call")
+    parser.add_argument("--variants", default=",".join(LABELS), type=lambda s: s.split(","))
+    parser.add_argument("--curve-model", choices=[*VARIANTS, *SMALL], default="small")
+    parser.add_argument("--curve-steps", type=int, default=20, help="0: no loss curve")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--repeat-slow", action="store_true", help=f"time variants > {SLOW_FACTOR:g}x slower too")
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args(argv)
+    unknown = set(args.variants) - set(LABELS)
+    if unknown:
+        parser.error(f"unknown variants {sorted(unknown)}; valid: {', '.join(LABELS)}")
+    device = torch.device(args.device)
+    notes = []
+    if "fast" in args.variants and not fast_applies(device):
+        args.variants.remove("fast")
+        notes.append("--fast left out: it is the float32 CPU path (oneDNN)")
+    if "official" in args.variants:
+        from reference.official import skip_reason
+
+        reason = skip_reason()
+        if reason:
+            args.variants.remove("official")
+            notes.append(f"official engine left out: {reason}")
+    for note in notes:
+        print(f"[train] {note}", file=sys.stderr)
+    start_load = os.getloadavg()[0]
+    results: dict[str, Any] = {"host": host(device), "device": str(device), "notes": notes,
+                               "args": {k: v for k, v in vars(args).items() if k != "json"}}  # fmt: skip
+    results["steps"] = bench_steps(args, device)
+    if args.curve_steps > 0:
+        results["curve"] = loss_curves(args, device)
+    results["load_average"] = [start_load, os.getloadavg()[0]]
+    print(report(results))
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2) + "\n")
+    return 0
