@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import random
+import sys
 import time
 from pathlib import Path
 from typing import Any, cast
@@ -186,9 +187,22 @@ def run(args: argparse.Namespace) -> int:
     try:
         train(args, model_kwargs, dist)
         dist.barrier()  # leave together: a gloo process whose peer hangs up first can abort at exit
+    except KeyboardInterrupt:
+        if dist.is_main:
+            print(f"mae pretrain: interrupted; {last_checkpoint_hint(args.output_dir)}", file=sys.stderr)
+        return 130  # the shell's code for Ctrl-C
     finally:
         distributed.teardown()
     return 0
+
+
+def last_checkpoint_hint(output_dir: str) -> str:
+    """Where the run can be continued from, for a message."""
+    found = checkpoints_in(output_dir) if output_dir else {}
+    if not found:
+        return "no checkpoint was saved"
+    last = found[max(found)]
+    return f"the last checkpoint is {last} (continue with --resume {last})"
 
 
 def say(dist: distributed.Dist, text: str) -> None:
@@ -299,13 +313,9 @@ def train(args: argparse.Namespace, model_kwargs: dict[str, Any], dist: distribu
                 autocast=autocast(device, dtype), clip_grad=args.clip_grad, dist=dist, progress=True,
             )  # fmt: skip
         except NonFiniteLossError as e:
-            found = checkpoints_in(output) if output is not None else {}
-            last = found[max(found)] if found else None
-            where = (
-                f"the last checkpoint is {last} (continue with --resume {last})" if last else "no checkpoint was saved"
-            )
             raise NonFiniteLossError(
-                f"{e}; {where}. Lower --blr, add --clip_grad 3.0, or use --dtype bfloat16 / float32 instead of float16"
+                f"{e}; {last_checkpoint_hint(args.output_dir)}. Lower --blr, add --clip_grad 3.0, or use "
+                "--dtype bfloat16 / float32 instead of float16"
             ) from None
         saved = ""
         if output is not None and (epoch % args.save_every == 0 or epoch + 1 == args.epochs):
