@@ -64,13 +64,13 @@ def read_file(path: str | Path) -> tuple[dict[str, Tensor], str]:
 
     A directory is read as a transformers save folder: its `model.safetensors` or `pytorch_model.bin`.
     """
-    state_dict, container, _ = read_file_and_target(path)
+    state_dict, container, _ = read_file_and_args(path)
     return state_dict, container
 
 
-def read_file_and_target(path: str | Path) -> tuple[dict[str, Tensor], str, bool | None]:
-    """`read_file`, plus the `norm_pix_loss` recorded in a training checkpoint's `args` (`mae pretrain`'s
-    and the official script's); None for files that record none (the official releases, safetensors)."""
+def read_file_and_args(path: str | Path) -> tuple[dict[str, Tensor], str, dict[str, Any] | None]:
+    """`read_file`, plus the arguments a training checkpoint records (`args`, from `mae pretrain` or the
+    official script: model, target, sizes); None for files that record none (the releases, safetensors)."""
     path = Path(path)
     if path.is_dir():
         inside = [path / n for n in TRANSFORMERS_WEIGHT_FILES if (path / n).is_file()]
@@ -89,14 +89,13 @@ def read_file_and_target(path: str | Path) -> tuple[dict[str, Tensor], str, bool
         magic = f.read(8)
     if path.suffix == ".safetensors" or (len(magic) == 8 and magic[:2] != b"PK" and _looks_like_safetensors(path)):
         try:
-            return load_file(path), "safetensors", None
+            return load_file(path), "safetensors", None  # safetensors hold tensors only
         except SafetensorsFormatError as e:
             problem = f"is not a valid safetensors file ({e})."
             raise CheckpointError(path, problem, "Re-download or re-convert it.") from None
     obj = _torch_load(path)
     args = obj.get("args") if isinstance(obj, Mapping) else None
-    target = getattr(args, "norm_pix_loss", None) if isinstance(args, argparse.Namespace) else None
-    return (*_unwrap(obj, path), target if isinstance(target, bool) else None)
+    return (*_unwrap(obj, path), vars(args) if isinstance(args, argparse.Namespace) else None)
 
 
 def _looks_like_safetensors(path: Path) -> bool:
@@ -321,7 +320,7 @@ class CheckpointInfo:
     model_name: str | None = None  # "mae_vit_large_patch16"
     official: OfficialFile | None = None
     removed_prefixes: list[str] = field(default_factory=list)
-    trained_norm_pix_loss: bool | None = None  # recorded in a training checkpoint's `args`
+    run_args: dict[str, Any] | None = None  # a training checkpoint's recorded arguments
 
     def describe(self) -> str:
         """E.g. "ViT-Base/16, 12 blocks, dim 768, 224x224"."""
@@ -330,6 +329,12 @@ class CheckpointInfo:
         name = self.variant or f"a custom ViT/{self.patch_size}"
         size = f", {self.img_size}x{self.img_size}" if self.img_size else ""
         return f"{name}, {self.depth} blocks, dim {self.embed_dim}{size}"
+
+    @property
+    def trained_norm_pix_loss(self) -> bool | None:
+        """`norm_pix_loss` as a training checkpoint's arguments record it."""
+        target = (self.run_args or {}).get("norm_pix_loss")
+        return target if isinstance(target, bool) else None
 
     @property
     def norm_pix_loss(self) -> bool | None:
@@ -399,7 +404,7 @@ def describe_state_dict(
 
 def read_checkpoint(path: str | Path) -> tuple[dict[str, Tensor], CheckpointInfo]:
     """A file's state dict in official keys, and what it holds. Never runs code from the file."""
-    raw, container, target = read_file_and_target(path)
+    raw, container, run_args = read_file_and_args(path)
     state_dict, removed = strip_prefixes(raw)
     layout = detect_layout(list(state_dict))
     if layout != "official":
@@ -408,7 +413,7 @@ def read_checkpoint(path: str | Path) -> tuple[dict[str, Tensor], CheckpointInfo
         layout = f"safetensors ({layout} keys)"
     info = describe_state_dict(state_dict, path, container, layout)
     info.removed_prefixes = removed
-    info.trained_norm_pix_loss = target
+    info.run_args = run_args
     return state_dict, info
 
 

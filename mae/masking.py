@@ -31,7 +31,7 @@ def draw_noise(n: int, length: int, device: torch.device) -> Tensor:
     numbers differ from eager ones: compiled or not, a seed gives the same (official) mask."""
     if torch.compiler.is_compiling():
         return _outside_graph()(n, length, device)
-    return torch.rand(n, length, device=device)
+    return _rand(n, length, device)
 
 
 _eager_rand: Callable[[int, int, torch.device], Tensor] | None = None

@@ -183,7 +183,7 @@ def run(
     target = norm_pix
     if checkpoint is not None:
         info = inspect_checkpoint(checkpoint)
-        spec = model_spec(checkpoint)  # a `mae pretrain` checkpoint says which model it trained
+        spec = model_spec(info.run_args)  # a `mae pretrain` checkpoint says which model it trained
         kwargs: dict[str, Any] = {}
         if spec is not None:
             model_name, kwargs = spec

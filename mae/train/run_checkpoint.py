@@ -121,23 +121,16 @@ def resolve_resume(resume: str) -> Path:
     return path
 
 
-def model_spec(path: str | Path) -> tuple[str, dict[str, Any]] | None:
-    """The model a `mae pretrain` checkpoint was trained with: (name, `create_model` keyword arguments).
-
-    Read from the checkpoint's ``args`` (``--model``, ``--model_args``, ``--input_size``, ``--norm_pix_loss``);
-    None for a file without them (an official release, a bare state dict, an unreadable file).
-    """
+def model_spec(run_args: dict[str, Any] | None) -> tuple[str, dict[str, Any]] | None:
+    """The model a `mae pretrain` run trained, from its recorded arguments (`CheckpointInfo.run_args`):
+    (name, `create_model` keyword arguments from ``--model_args``, ``--input_size``, ``--norm_pix_loss``).
+    None without them (an official release, a bare state dict)."""
     from .flags import key_values
 
-    try:
-        ckpt = load_object(path)
-    except CheckpointError:
+    if not run_args or not isinstance(run_args.get("model"), str):
         return None
-    args = ckpt.get("args") if isinstance(ckpt, dict) else None
-    if not isinstance(args, argparse.Namespace) or not isinstance(getattr(args, "model", None), str):
-        return None
-    kwargs = key_values(list(getattr(args, "model_args", None) or []), "--model_args")
-    if isinstance(getattr(args, "input_size", None), int):
-        kwargs["img_size"] = args.input_size
-    kwargs["norm_pix_loss"] = bool(getattr(args, "norm_pix_loss", False))
-    return args.model, kwargs
+    kwargs = key_values(list(run_args.get("model_args") or []), "--model_args")
+    if isinstance(run_args.get("input_size"), int):
+        kwargs["img_size"] = run_args["input_size"]
+    kwargs["norm_pix_loss"] = bool(run_args.get("norm_pix_loss", False))
+    return run_args["model"], kwargs
