@@ -38,6 +38,14 @@ class Dist:
         dist.all_reduce(t)
         return float(t.item()) / self.world_size
 
+    def sum(self, values: list[float]) -> list[float]:
+        """The element-wise sums of ``values`` over all ranks, in float64 (the values themselves in one process)."""
+        if not self.enabled:
+            return list(values)
+        t = torch.tensor(values, dtype=torch.float64, device=self.device)
+        dist.all_reduce(t)
+        return [float(v) for v in t.tolist()]
+
     def gather_rows(self, row: torch.Tensor) -> torch.Tensor:
         """Every rank's ``row`` (same shape on all ranks), stacked in rank order: [world_size, *row.shape]."""
         if not self.enabled:

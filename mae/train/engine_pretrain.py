@@ -1,10 +1,8 @@
 """One epoch of MAE pre-training: the official ``engine_pretrain.train_one_epoch``, step for step.
 
-For every batch: set the learning rate at the fractional epoch (at accumulation boundaries), run the
-model under the run's precision, stop on a non-finite loss before it touches the weights, divide the
-loss by ``accum_iter`` and back-propagate; every ``accum_iter`` batches, step the optimizer (through the
-gradient scaler) and clear the gradients. Under DDP the gradients are all-reduced once per optimizer
-step (``no_sync`` on the other micro-batches), not once per batch as in the official engine.
+The loop (per-iteration learning rate, accumulation, scaled steps, the stop on a non-finite loss) is
+`engine.train_one_epoch`; a batch's loss is the MAE's reconstruction loss on the masked patches, the
+labels unused.
 
 Random numbers are drawn where the official engine draws them (the loader's seed per epoch, the crops
 per image, one ``torch.rand(N, L)`` per batch for the mask), so with the same seed and data the
@@ -14,23 +12,19 @@ weights after an epoch are the official ones, bit for bit (float32, CPU, ``tests
 from __future__ import annotations
 
 import contextlib
-import math
-import time
 from collections.abc import Callable, Iterable
 from contextlib import AbstractContextManager
-from typing import Any, cast
+from typing import Any
 
 import torch
-from torch import nn
-from torch.nn.parallel import DistributedDataParallel
+from torch import Tensor, nn
 
+from . import engine
 from .distributed import Dist
-from .metrics import Average, Progress
+from .engine import NonFiniteLossError
 from .schedule import CosineSchedule
 
-
-class NonFiniteLossError(RuntimeError):
-    """The loss became NaN or infinite; the message names the step. No update was made from it."""
+__all__ = ["NonFiniteLossError", "train_one_epoch"]
 
 
 def train_one_epoch(
@@ -51,54 +45,16 @@ def train_one_epoch(
 ) -> dict[str, float]:
     """Train ``model`` (an MAE, or one wrapped in DDP) for one pass over ``loader`` of ``steps`` batches.
 
-    Returns the epoch's averages, ``{"lr": ..., "loss": ...}`` (the loss over all processes).
-    Raises ``NonFiniteLossError`` naming the step where the loss is NaN or infinite on any process.
+    Returns the epoch's averages, ``{"lr": ..., "loss": ..., "images_per_s": ...}`` (the loss over all
+    processes). Raises ``NonFiniteLossError`` naming the step where the loss is NaN or infinite on any process.
     """
-    dist = dist or Dist()
-    device = dist.device
-    model.train(True)
-    optimizer.zero_grad()
-    loss_avg, lr_avg = Average(), Average()
-    ddp = getattr(model, "_orig_mod", model)  # under torch.compile, the DDP module inside
-    bar = Progress(loader, steps, f"epoch {epoch}", enabled=progress and dist.is_main)
-    started, images = time.perf_counter(), 0
-    for step, (samples, _) in enumerate(bar):
-        # Learning rate theo từng iteration (không theo epoch), tại epoch phân số.
-        if step % accum_iter == 0:
-            schedule.apply(optimizer, step / steps + epoch)
-        samples = samples.to(device, non_blocking=True)
-        update = (step + 1) % accum_iter == 0
-        # Khi cộng dồn gradient với DDP: chỉ đồng bộ gradient ở micro-batch cuối của mỗi bước.
-        sync = update or not isinstance(ddp, DistributedDataParallel)
-        with contextlib.nullcontext() if sync else cast(DistributedDataParallel, ddp).no_sync():
-            with autocast():
-                loss, _, _ = model(samples, mask_ratio=mask_ratio)
-            loss_value = loss.item()
-            checked = dist.mean(loss_value)  # mọi tiến trình cùng dừng nếu một tiến trình gặp NaN
-            if not math.isfinite(checked):
-                raise NonFiniteLossError(
-                    f"the loss is {loss_value if not math.isfinite(loss_value) else checked} at epoch {epoch}, "
-                    f"iteration {step} of {steps} (optimizer step {(epoch * steps + step) // accum_iter}); "
-                    "training stopped before this batch changed any weight"
-                )
-            # Chia loss cho accum_iter trước backward: tổng gradient qua các micro-batch là gradient trung bình.
-            scaler.scale(loss / accum_iter).backward()
-        if update:
-            if clip_grad is not None:
-                scaler.unscale_(optimizer)
-                torch.nn.utils.clip_grad_norm_(model.parameters(), clip_grad)
-            scaler.step(optimizer)
-            scaler.update()
-            optimizer.zero_grad()
-        loss_avg.update(loss_value)
-        lr = optimizer.param_groups[0]["lr"]
-        lr_avg.update(lr)
-        images += samples.shape[0] * dist.world_size
-        rate = images / (time.perf_counter() - started)
-        bar.show(loss=f"{loss_value:.4f}", lr=f"{lr:.2e}", img_s=f"{rate:.1f}")
-    bar.close()
-    return {
-        "lr": lr_avg.value,
-        "loss": dist.mean(loss_avg.value),
-        "images_per_s": images / (time.perf_counter() - started),
-    }
+
+    def batch_loss(samples: Tensor, _labels: Tensor) -> Tensor:
+        with autocast():
+            loss, _, _ = model(samples, mask_ratio=mask_ratio)
+        return loss
+
+    return engine.train_one_epoch(
+        model, loader, optimizer, scaler, schedule, epoch, batch_loss,
+        steps=steps, accum_iter=accum_iter, clip_grad=clip_grad, dist=dist, progress=progress,
+    )  # fmt: skip

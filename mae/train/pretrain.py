@@ -24,10 +24,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import random
-import sys
 import time
-from pathlib import Path
 from typing import Any, cast
 
 import torch
@@ -42,15 +39,17 @@ from .engine_pretrain import NonFiniteLossError, train_one_epoch
 from .flags import flag, key_values, non_negative, positive
 from .optim import build_adamw
 from .precision import autocast, grad_scaler, resolve_dtype, warn_if_fast_path_gains_nothing
-from .run_checkpoint import (
-    checkpoint_path,
-    checkpoints_in,
-    plain_args,
-    read_run_checkpoint,
-    resolve_resume,
-    restore_rng,
-    rng_state,
-    save_atomic,
+from .run_checkpoint import read_run_checkpoint, resolve_resume
+from .runs import (
+    last_checkpoint_hint,
+    prepare_output,
+    quiet_loading,
+    refuse_earlier_run,
+    resume_training_state,
+    run_command,
+    save_checkpoint,
+    say,
+    seed_everything,
 )
 from .schedule import CosineSchedule, base_learning_rate
 
@@ -168,13 +167,7 @@ def check_arguments(args: argparse.Namespace) -> dict[str, Any]:
         raise ValueError("--fast is the float32 CPU path: use it with --device cpu and --dtype float32")
     if args.fast:
         warn_if_fast_path_gains_nothing()
-    if args.output_dir and not args.resume and not args.overwrite:
-        found = checkpoints_in(args.output_dir)
-        if found:
-            raise ValueError(
-                f"{args.output_dir} already holds {found[max(found)].name} from an earlier run: continue it with "
-                f"--resume {args.output_dir}, or start afresh in another --output_dir (or pass --overwrite)"
-            )
+    refuse_earlier_run(args)
     if args.resume:
         args.resume = str(resolve_resume(args.resume))
     return kwargs
@@ -183,44 +176,14 @@ def check_arguments(args: argparse.Namespace) -> dict[str, Any]:
 def run(args: argparse.Namespace) -> int:
     """The ``mae pretrain`` command."""
     model_kwargs = check_arguments(args)
-    dist = distributed.setup(args.device, args.dist_url, args.dist_on_itp)
-    try:
-        train(args, model_kwargs, dist)
-        dist.barrier()  # leave together: a gloo process whose peer hangs up first can abort at exit
-    except KeyboardInterrupt:
-        if dist.is_main:
-            print(f"mae pretrain: interrupted; {last_checkpoint_hint(args.output_dir)}", file=sys.stderr)
-        return 130  # the shell's code for Ctrl-C
-    finally:
-        distributed.teardown()
-    return 0
-
-
-def last_checkpoint_hint(output_dir: str) -> str:
-    """Where the run can be continued from, for a message."""
-    found = checkpoints_in(output_dir) if output_dir else {}
-    if not found:
-        return "no checkpoint was saved"
-    last = found[max(found)]
-    return f"the last checkpoint is {last} (continue with --resume {last})"
-
-
-def say(dist: distributed.Dist, text: str) -> None:
-    if dist.is_main:
-        print(text, flush=True)
+    return run_command("pretrain", args, lambda dist: train(args, model_kwargs, dist))
 
 
 def train(args: argparse.Namespace, model_kwargs: dict[str, Any], dist: distributed.Dist) -> None:
     """Set up as the official script does, in its order, then train epoch by epoch."""
     device = dist.device
     dtype = resolve_dtype(args.dtype, device)
-    output = Path(args.output_dir) if args.output_dir else None
-
-    # Cùng seed (cộng rank) thì cùng dãy số ngẫu nhiên: khởi tạo, cắt ảnh và mặt nạ giống bản gốc.
-    seed = args.seed + dist.rank
-    torch.manual_seed(seed)
-    random.seed(seed)
-    _seed_numpy(seed)
+    seed_everything(args.seed + dist.rank)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
 
@@ -241,11 +204,7 @@ def train(args: argparse.Namespace, model_kwargs: dict[str, Any], dist: distribu
             "Lower --accum_iter or --batch_size"
         )
 
-    if output is not None and dist.is_main:  # only once the data is known to be usable
-        output.mkdir(parents=True, exist_ok=True)
-        if args.overwrite and not args.resume:
-            for old in [*checkpoints_in(output).values(), output / metrics.LOG_NAME]:
-                old.unlink(missing_ok=True)  # --overwrite: the earlier run's files would mix with this one's
+    output = prepare_output(args, dist)  # only once the data is known to be usable
 
     model_without_ddp = models.create_model(args.model, **model_kwargs).to(device)
     if args.fast:
@@ -319,20 +278,8 @@ def train(args: argparse.Namespace, model_kwargs: dict[str, Any], dist: distribu
             ) from None
         saved = ""
         if output is not None and (epoch % args.save_every == 0 or epoch + 1 == args.epochs):
-            rng = rng_state(dist)  # mọi tiến trình cùng gọi (một phép all_gather)
-            if dist.is_main:
-                saved = f", saved {checkpoint_path(output, epoch).name}"
-                save_atomic(
-                    {
-                        "model": model_without_ddp.state_dict(),
-                        "optimizer": optimizer.state_dict(),
-                        "epoch": epoch,
-                        "scaler": scaler.state_dict(),
-                        "args": plain_args(args),
-                        "rng": rng,
-                    },
-                    checkpoint_path(output, epoch),
-                )
+            path = save_checkpoint(output, epoch, model_without_ddp, optimizer, scaler, args, dist)
+            saved = f", saved {path.name}"
         if output is not None and dist.is_main:
             metrics.append_log(output, {f"train_{k}": v for k, v in stats.items()} | {"epoch": epoch})
         say(
@@ -352,40 +299,15 @@ def resume(
 ) -> list[str]:
     """Load ``--resume``: weights (strictly, with `load_pretrained`'s checks), then, as the official
     ``misc.load_model``, the optimizer, scaler and next epoch when the file has them. Returns notes."""
-    from ..checkpoint import CheckpointError
-
     ckpt = read_run_checkpoint(args.resume)
-    report = model.load_pretrained(args.resume)  # type: ignore[operator]
-    notes = [report.summary(), *report.warnings]
-    if "optimizer" not in ckpt or "epoch" not in ckpt:
-        notes.append("the file has no optimizer state or epoch: weights only, training starts at --start_epoch")
-        return notes
-    try:
-        optimizer.load_state_dict(ckpt["optimizer"])
-    except (ValueError, KeyError) as e:
-        raise CheckpointError(
-            args.resume,
-            f"has an optimizer state that does not fit this run ({e}).",
-            "Resume with the model and --model_args of the run that wrote it.",
-        ) from None
-    if ckpt.get("scaler"):
-        scaler.load_state_dict(ckpt["scaler"])
-    args.start_epoch = int(ckpt["epoch"]) + 1
-    notes.append(f"continuing at epoch {args.start_epoch} with the saved optimizer state")
-    notes.append(restore_rng(ckpt.get("rng"), dist))
-    if args.output_dir and dist.is_main:
-        dropped = metrics.drop_log_from(args.output_dir, args.start_epoch)
-        if dropped:
-            notes.append(f"dropped {dropped} log.txt record(s) of epochs >= {args.start_epoch}: they are trained again")
-    return notes
-
-
-def _seed_numpy(seed: int) -> None:
-    try:
-        import numpy as np
-    except ImportError:
-        return
-    np.random.seed(seed)
+    with quiet_loading():
+        report = model.load_pretrained(args.resume)  # type: ignore[operator]
+    return [
+        report.summary(),
+        *report.notes,
+        *report.warnings,
+        *resume_training_state(args, ckpt, optimizer, scaler, dist),
+    ]
 
 
 def build_parser() -> argparse.ArgumentParser:
