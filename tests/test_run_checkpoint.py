@@ -167,7 +167,7 @@ def test_resuming_with_another_model_is_a_clear_error(
 
 
 def test_checkpoints_have_the_official_layout(capsys: pytest.CaptureFixture[str], tmp_path: Path, data: Path) -> None:
-    timm_optim = pytest.importorskip("timm.optim")
+    import timm.optim as timm_optim
     out_dir = tmp_path / "out"
     assert pretrain(capsys, data, out_dir, "--weight_decay", "0.07", epochs=1)[0] == 0
     path = out_dir / "checkpoint-0.pth"
@@ -313,3 +313,27 @@ def test_the_runs_model_and_target_are_read_back_from_its_checkpoint(
     # `mae reconstruct` builds the run's (custom) model with its target, from the checkpoint alone.
     _, notes = reconstruct.run(None, path, tmp_path / "figure.png")
     assert any(n.startswith("norm-pix model") for n in notes) and not any("UNTRAINED" in n for n in notes)
+
+
+def test_rng_state_carries_the_python_and_numpy_generators() -> None:
+    """timm's augmentation draws from Python's ``random`` and its Mixup from numpy: a saved ``rng`` entry
+    brings both back (after a torch.save/load round trip with weights_only=True), as well as torch's."""
+    import random
+
+    import numpy as np
+
+    from mae.train.distributed import Dist
+
+    random.seed(5)
+    np.random.seed(7)
+    random.gauss(0, 1)  # leaves a cached Gaussian in Python's state
+    buffer = io.BytesIO()
+    torch.save(run_checkpoint.rng_state(Dist()), buffer)
+    expected = (random.random(), random.gauss(0, 1), np.random.rand(), np.random.randn(), torch.rand(1).item())
+    random.seed(1)
+    np.random.seed(1)
+    torch.manual_seed(1)
+    buffer.seek(0)
+    note = run_checkpoint.restore_rng(torch.load(buffer, weights_only=True), Dist())
+    assert "restored" in note
+    assert (random.random(), random.gauss(0, 1), np.random.rand(), np.random.randn(), torch.rand(1).item()) == expected

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import random
 import re
 from pathlib import Path
 from typing import Any
@@ -69,11 +70,44 @@ def plain_args(args: argparse.Namespace) -> argparse.Namespace:
     return argparse.Namespace(**plain)
 
 
+def _host_generators() -> dict[str, torch.Tensor]:
+    """Python's and numpy's global generator states as tensors (timm's RandAugment, crops and random erasing
+    draw from ``random``, its Mixup from numpy), so that they load under ``weights_only=True``."""
+    _, internal, gauss = random.getstate()
+    state = {
+        "python": torch.tensor(internal, dtype=torch.int64),
+        "python_gauss": torch.tensor([gauss is not None, gauss or 0.0], dtype=torch.float64),
+    }
+    try:
+        import numpy as np
+    except ImportError:
+        return state
+    _, keys, pos, has_gauss, cached = np.random.get_state()
+    state["numpy"] = torch.tensor([*keys.tolist(), pos, has_gauss], dtype=torch.int64)
+    state["numpy_gauss"] = torch.tensor([cached], dtype=torch.float64)
+    return state
+
+
+def _set_host_generators(state: dict[str, torch.Tensor], rank: int) -> None:
+    if "python" in state:
+        has_gauss, gauss = state["python_gauss"][rank].tolist()
+        random.setstate((3, tuple(int(v) for v in state["python"][rank].tolist()), gauss if has_gauss else None))
+    if "numpy" in state:
+        import numpy as np
+
+        values = state["numpy"][rank].tolist()
+        keys = np.array(values[:-2], dtype=np.uint32)
+        np.random.set_state(("MT19937", keys, int(values[-2]), int(values[-1]), float(state["numpy_gauss"][rank][0])))
+
+
 def rng_state(dist: Dist) -> dict[str, torch.Tensor]:
-    """Every rank's generator states, stacked by rank (a collective: every rank calls it)."""
+    """Every rank's generator states (torch's, CUDA's, Python's and numpy's), stacked by rank (a collective:
+    every rank calls it)."""
     state = {"cpu": dist.gather_rows(torch.get_rng_state())}
     if dist.device.type == "cuda":
         state["cuda"] = dist.gather_rows(torch.cuda.get_rng_state(dist.device))
+    for name, row in _host_generators().items():
+        state[name] = dist.gather_rows(row)
     return state
 
 
@@ -92,6 +126,12 @@ def restore_rng(state: Any, dist: Dist) -> str:
     torch.set_rng_state(state["cpu"][dist.rank].clone())
     if dist.device.type == "cuda" and "cuda" in state:
         torch.cuda.set_rng_state(state["cuda"][dist.rank].clone(), dist.device)
+    _set_host_generators(state, dist.rank)
+    if "python" not in state:
+        return (
+            "torch's random-generator state restored (the checkpoint has no Python/numpy generator states: "
+            "timm's augmentation and mixup draw differently from an uninterrupted run)"
+        )
     return "random-generator state restored: the run continues as if uninterrupted"
 
 
