@@ -1,6 +1,7 @@
 """Reading checkpoint files safely and recognising what they hold, without building a model.
 
-- Safe: `.safetensors` files are parsed by `mae.safetensors_io`; everything else goes through
+- Safe: `.safetensors` files are read by the `safetensors` library (`mae.safetensors_io`), which
+  validates their header; everything else goes through
   `torch.load(weights_only=True)`, which refuses any pickle that would import or call code, with
   `argparse.Namespace` allowed (the official training scripts store their arguments in one). Files are
   memory-mapped where the format allows, so nothing is read before it is used.
@@ -30,7 +31,7 @@ import torch
 from torch import Tensor
 
 from .files import OfficialFile, official_file
-from .safetensors_io import SafetensorsFormatError, load_file, read_header
+from .safetensors_io import SafetensorsFormatError, is_safetensors, load_file
 
 # Official variants: (embed_dim, depth, patch) -> (label, factory, heads).
 KNOWN_VARIANTS = {
@@ -87,7 +88,7 @@ def read_file_and_args(path: str | Path) -> tuple[dict[str, Tensor], str, dict[s
         )
     with open(path, "rb") as f:
         magic = f.read(8)
-    if path.suffix == ".safetensors" or (len(magic) == 8 and magic[:2] != b"PK" and _looks_like_safetensors(path)):
+    if path.suffix == ".safetensors" or (len(magic) == 8 and magic[:2] != b"PK" and is_safetensors(path)):
         try:
             return load_file(path), "safetensors", None  # safetensors hold tensors only
         except SafetensorsFormatError as e:
@@ -96,14 +97,6 @@ def read_file_and_args(path: str | Path) -> tuple[dict[str, Tensor], str, dict[s
     obj = _torch_load(path)
     args = obj.get("args") if isinstance(obj, Mapping) else None
     return (*_unwrap(obj, path), vars(args) if isinstance(args, argparse.Namespace) else None)
-
-
-def _looks_like_safetensors(path: Path) -> bool:
-    try:
-        read_header(path)
-        return True
-    except (SafetensorsFormatError, OSError):
-        return False
 
 
 def load_object(path: str | Path) -> Any:

@@ -14,6 +14,7 @@ Layer-wise learning-rate decay groups (`param_groups_lrd`) follow the official r
 
 from __future__ import annotations
 
+from dataclasses import replace
 from functools import partial
 from typing import Any
 
@@ -22,6 +23,7 @@ from torch import Tensor, nn
 
 from .config import MAEConfig
 from .encoder import MAEEncoder
+from .loading import ClassifierHead, Expectation
 from .models import MAEViTBase, MAEViTHuge, MAEViTLarge
 
 
@@ -66,6 +68,15 @@ class VisionTransformer(MAEEncoder):
             # Đầu phân loại bắt đầu rất nhỏ (std 2e-5, như công thức gốc): logit ban đầu gần 0.
             nn.init.trunc_normal_(self.head.weight, std=2e-5)
             nn.init.zeros_(self.head.bias)
+
+    def checkpoint_expectation(self) -> Expectation:
+        """The encoder and the head: a fine-tuned file fills both; from a pretrain file the head (and fc_norm,
+        with global pooling) is new and the encoder's final norm unused, as in the official recipe."""
+        expectation = super().checkpoint_expectation()
+        new = tuple(k for k in expectation.tensors if k.startswith(("head.", "fc_norm.")))
+        unused = ("norm.weight", "norm.bias") if self.global_pool else ()
+        head = ClassifierHead(self.global_pool, self.num_classes, new=new, unused=unused)
+        return replace(expectation, classifier=head)
 
     def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
         """Pool the token features [N, 1 + L, D] and classify: -> [N, num_classes] (or [N, D] if pre_logits)."""

@@ -13,19 +13,17 @@ from __future__ import annotations
 
 from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from .config import MAEConfig, resolve_config
+from .loading import Expectation, LoadReport, load_into
 from .masking import check_mask_ratio, random_masking
 from .patch_embed import PatchEmbed
 from .pos_embed import get_2d_sincos_pos_embed
 from .transformer import Block, init_official
-
-if TYPE_CHECKING:
-    from .loading import LoadReport
 
 
 class MAEEncoder(nn.Module):
@@ -85,9 +83,16 @@ class MAEEncoder(nn.Module):
         torch.compile prefixes). Raises `mae.CheckpointError` naming the file, the problem and the fix;
         after a failed load the parameters are unchanged.
         """
-        from .loading import load_into
-
         return load_into(self, path, interpolate_pos_embed=interpolate_pos_embed)
+
+    def checkpoint_expectation(self) -> Expectation:
+        """What this model expects from a checkpoint file: every tensor of the encoder (see `mae.loading`)."""
+        return Expectation(config=self.config, tensors=self.state_dict())
+
+    def initialize_unloaded(self, names: list[str]) -> None:
+        """Initialise tensors a fast load left out; an encoder takes every tensor from the file, so none."""
+        if names:
+            raise RuntimeError(f"an encoder cannot initialise tensors a checkpoint lacked: {', '.join(names)}")
 
     def random_masking(
         self, x: Tensor, mask_ratio: float, noise: Tensor | None = None

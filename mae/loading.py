@@ -1,4 +1,9 @@
-"""Loading pretrained weights into `MAEEncoder` / `MaskedAutoencoderViT`: strict, checked, explained.
+"""Loading pretrained weights into a model: strict, checked, explained.
+
+The loader knows no model class. A model states what it expects from a checkpoint (an `Expectation`:
+its configuration and tensors, which of them are the decoder, and, for a classifier, its head), and the
+loader plans from that and the file alone; the models call the loader (`load_pretrained`,
+`mae.create_model(..., checkpoint_path=)`), never the other way round.
 
 Every check runs before the model is touched, so a failed load leaves the parameters as they were:
 the file must hold an MAE encoder of the model's architecture (else the error names what the file is
@@ -14,19 +19,21 @@ must be floating point and finite. Allowed, and said in the report and the log:
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 import torch
 from torch import Tensor, nn
 
 from .checkpoint import CheckpointError, CheckpointInfo, is_decoder_key, read_checkpoint
-from .encoder import MAEEncoder
+from .config import MAEConfig
 from .pos_embed import interpolate_pos_embed as resize_pos_embed
 
 log = logging.getLogger("mae")
+
+FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)  # converted to the model's dtype
 
 RECONSTRUCTION_FILES = {  # model name -> the official file that reconstructs pixels
     "mae_vit_base_patch16": "mae_visualize_vit_base.pth",
@@ -66,13 +73,61 @@ class LoadReport:
         return line
 
 
+@dataclass(frozen=True)
+class ClassifierHead:
+    """What a fine-tuning classifier adds to an encoder. A fine-tuned file must match it; from a pretrain
+    (or full MAE) file the encoder is loaded and the head is new, as in the official fine-tuning recipe."""
+
+    global_pool: bool  # average the patch tokens, then fc_norm; else the class token after the final norm
+    num_classes: int  # 0: no head (features only)
+    new: tuple[str, ...]  # tensors a pretrain file lacks, kept as the model initialised them (head, fc_norm)
+    unused: tuple[str, ...]  # tensors of a pretrain file the model has no use for (the final norm, with pooling)
+
+
+@dataclass(frozen=True)
+class Expectation:
+    """What a model expects from a checkpoint file, as the model states it (`checkpoint_expectation()`).
+
+    `tensors` is the model's state dict: names in the official layout, shapes, dtype (meta tensors serve).
+    Every tensor is required from the file except the decoder's, which an encoder-only file leaves as
+    initialised (and which a model without a decoder leaves out of a full file), and a classifier's new
+    head when the file is a pretrain one.
+    """
+
+    config: MAEConfig
+    tensors: dict[str, Tensor]
+    decoder: tuple[str, ...] = ()  # the MAE decoder's tensors (mask_token, decoder_*); () for an encoder
+    classifier: ClassifierHead | None = None
+
+
+class Loadable(Protocol):
+    """A model the loader can fill: `nn.Module`'s state-dict methods, plus what the model states itself."""
+
+    load_report: LoadReport | None
+
+    def checkpoint_expectation(self) -> Expectation:
+        """What this model expects from a checkpoint."""
+        ...
+
+    def initialize_unloaded(self, names: list[str]) -> None:
+        """After a fast load (built on the meta device), give the tensors the file did not hold (`names`, now
+        uninitialised memory) the model's own initialisation."""
+        ...
+
+    def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = ..., assign: bool = ...) -> Any: ...
+
+    def modules(self) -> Iterator[nn.Module]: ...
+
+
+M = TypeVar("M", bound=Loadable)
+
+
 def _some(keys: list[str], shown: int = 5) -> str:
     """The first few names of a list, for a message."""
     return ", ".join(keys[:shown]) + (" ..." if len(keys) > shown else "")
 
 
-def _architecture_error(path: str, info: CheckpointInfo, model: MAEEncoder) -> CheckpointError:
-    c = model.config
+def _architecture_error(path: str, info: CheckpointInfo, c: MAEConfig) -> CheckpointError:
     ours = f"{c.depth} blocks, dim {c.embed_dim}, patch {c.patch_size}, {c.in_chans} channels"
     if info.model_name:
         fix = f"Build the matching model: mae.create_model('{info.model_name}', checkpoint_path=...)."
@@ -82,18 +137,15 @@ def _architecture_error(path: str, info: CheckpointInfo, model: MAEEncoder) -> C
 
 
 def _plan(
-    model: MAEEncoder, state_dict: dict[str, Tensor], info: CheckpointInfo, interpolate: bool
+    expectation: Expectation, state_dict: dict[str, Tensor], info: CheckpointInfo, interpolate: bool
 ) -> tuple[dict[str, Tensor], LoadReport]:
     """Check everything and decide what to load; raise CheckpointError before touching the model."""
-    from .classifier import VisionTransformer
-    from .decoder import MAEDecoder
-
-    path, c = info.path, model.config
-    wants_decoder = isinstance(model, MAEDecoder)
-    is_classifier = isinstance(model, VisionTransformer)
-    if info.kind == "classifier" and not is_classifier:
-        head = state_dict.get("head.weight")
-        shape = f" (head.weight {list(head.shape)})" if head is not None else ""
+    path, c = info.path, expectation.config
+    wants_decoder = bool(expectation.decoder)
+    head = expectation.classifier
+    if info.kind == "classifier" and head is None:
+        file_head = state_dict.get("head.weight")
+        shape = f" (head.weight {list(file_head.shape)})" if file_head is not None else ""
         factory = (info.model_name or "").replace("mae_", "", 1) or "vit_large_patch16"
         raise CheckpointError(
             path,
@@ -106,7 +158,7 @@ def _plan(
         sample = ", ".join(list(state_dict)[:4])
         raise CheckpointError(path, f"holds no MAE encoder (no patch_embed.proj.weight; keys such as {sample}).")
     if (info.embed_dim, info.depth, info.patch_size, info.in_chans) != (c.embed_dim, c.depth, c.patch_size, c.in_chans):
-        raise _architecture_error(path, info, model)
+        raise _architecture_error(path, info, c)
     if (
         wants_decoder
         and info.kind == "full"
@@ -123,14 +175,13 @@ def _plan(
             "Build the model with decoder_depth and decoder_embed_dim matching the file.",
         )
 
-    targets = model.state_dict()
+    targets = expectation.tensors
     load_decoder = wants_decoder and info.kind == "full"
-    expected = [k for k in targets if load_decoder or not is_decoder_key(k)]
+    expected = [k for k in targets if load_decoder or k not in expectation.decoder]
     ignored = [k for k in state_dict if is_decoder_key(k)] if not wants_decoder else []
     notes: list[str] = []
-    if is_classifier:
-        assert isinstance(model, VisionTransformer)
-        expected, ignored, notes = _classifier_keys(model, state_dict, info, targets, ignored)
+    if head is not None:
+        expected, ignored, notes = _classifier_keys(head, state_dict, info, targets, ignored)
     missing_in_file = [k for k in expected if k not in state_dict]
     if missing_in_file:
         raise CheckpointError(
@@ -171,6 +222,14 @@ def _plan(
             )
         if not tensor.is_floating_point():
             raise CheckpointError(path, f"tensor {key} is {tensor.dtype}, not floating point.", "The file is corrupt.")
+        if tensor.dtype not in FLOAT_DTYPES:
+            names = ", ".join(str(d).removeprefix("torch.") for d in FLOAT_DTYPES)
+            raise CheckpointError(
+                path,
+                f"tensor {key} is {str(tensor.dtype).removeprefix('torch.')}, which this loader does not convert "
+                f"(it converts {names}).",
+                "Dequantise the file to one of those (with its scales, if it has any) before loading.",
+            )
         to_load[key] = tensor
     bad = [k for k, t in to_load.items() if not _finite(t)]
     if bad:
@@ -237,7 +296,11 @@ def _finite(t: Tensor) -> bool:
 
 
 def _classifier_keys(
-    model: Any, state_dict: dict[str, Tensor], info: CheckpointInfo, targets: dict[str, Tensor], ignored: list[str]
+    head: ClassifierHead,
+    state_dict: dict[str, Tensor],
+    info: CheckpointInfo,
+    targets: dict[str, Tensor],
+    ignored: list[str],
 ) -> tuple[list[str], list[str], list[str]]:
     """(keys to load, file keys to leave out, notes) for the fine-tuning classifier.
 
@@ -248,24 +311,24 @@ def _classifier_keys(
     path = info.path
     if info.kind == "classifier":
         file_pool = "fc_norm.weight" in state_dict
-        if file_pool != model.global_pool:
+        if file_pool != head.global_pool:
             raise CheckpointError(
                 path,
                 f"was fine-tuned with {'global average pooling (fc_norm)' if file_pool else 'the class token'}; "
-                f"this model uses {'global pooling' if model.global_pool else 'the class token'}.",
+                f"this model uses {'global pooling' if head.global_pool else 'the class token'}.",
                 f"Build it with global_pool={file_pool}.",
             )
-        head, ours = state_dict.get("head.weight"), targets.get("head.weight")
-        if head is not None and ours is not None and head.shape != ours.shape:
+        theirs, ours = state_dict.get("head.weight"), targets.get("head.weight")
+        if theirs is not None and ours is not None and theirs.shape != ours.shape:
             raise CheckpointError(
                 path,
-                f"has a head for {head.shape[0]} classes; this model has {ours.shape[0]}.",
-                f"Build it with num_classes={head.shape[0]}, or start from the pretrain file for a new head.",
+                f"has a head for {theirs.shape[0]} classes; this model has {head.num_classes}.",
+                f"Build it with num_classes={theirs.shape[0]}, or start from the pretrain file for a new head.",
             )
         return list(targets), ignored, []
-    new = [k for k in targets if k.startswith(("head.", "fc_norm."))]
-    expected = [k for k in targets if k not in new]
-    unused = [k for k in state_dict if k.startswith("norm.")] if model.global_pool else []
+    new = [k for k in targets if k in head.new]
+    expected = [k for k in targets if k not in head.new]
+    unused = [k for k in state_dict if k in head.unused]
     notes = [
         f"new (kept as initialised), as in the official fine-tuning recipe: {', '.join(new) or 'nothing'}"
         + (f"; the encoder's final norm is not used with global pooling: {', '.join(unused)}" if unused else "")
@@ -274,20 +337,21 @@ def _classifier_keys(
 
 
 def load_into(
-    model: MAEEncoder,
+    model: Loadable,
     path: str | Path,
     *,
     interpolate_pos_embed: bool = False,
     assign: bool = False,
     source: tuple[dict[str, Tensor], CheckpointInfo] | None = None,
 ) -> LoadReport:
-    """Load a checkpoint file into `model` (strictly; see the module docstring). Returns the report.
+    """Load a checkpoint file into `model` (strictly; see the module docstring), from what the model
+    expects (`model.checkpoint_expectation()`). Sets and returns `model.load_report`.
 
     assign=True makes the file's (memory-mapped) tensors the model's parameters instead of copying them,
     for a model built on the meta device.
     """
     state_dict, info = source if source is not None else read_checkpoint(path)
-    to_load, report = _plan(model, state_dict, info, interpolate_pos_embed)
+    to_load, report = _plan(model.checkpoint_expectation(), state_dict, info, interpolate_pos_embed)
     result = model.load_state_dict(to_load, strict=False, assign=assign)
     assert not result.unexpected_keys and sorted(result.missing_keys) == sorted(report.missing), result
     log.info(report.summary())
@@ -300,27 +364,23 @@ def load_into(
 
 
 def create_from_checkpoint(
-    factory: Callable[..., MAEEncoder], path: str | Path, *, interpolate_pos_embed: bool = False, **overrides: Any
-) -> MAEEncoder:
+    factory: Callable[..., M], path: str | Path, *, interpolate_pos_embed: bool = False, **overrides: Any
+) -> M:
     """The fast path: build on the meta device (no random initialisation), map the file, assign its tensors.
 
     Tensors the file does not hold (the decoder, for an encoder-only file) are then created on the CPU
-    and given the official initialisation.
+    and given the model's own initialisation (`model.initialize_unloaded`).
     """
     source = read_checkpoint(path)
     with torch.device("meta"):
         model = factory(**overrides)
-    load_into(model, path, interpolate_pos_embed=interpolate_pos_embed, assign=True, source=source)
+    report = load_into(model, path, interpolate_pos_embed=interpolate_pos_embed, assign=True, source=source)
     if _materialize_meta(model):
-        from .decoder import MAEDecoder
-
-        assert isinstance(model, MAEDecoder), "only the decoder can be absent from a checkpoint"
-        model._init_decoder_tokens()
-        model._init_decoder_layers()
+        model.initialize_unloaded(report.missing)
     return model
 
 
-def _materialize_meta(model: nn.Module) -> bool:
+def _materialize_meta(model: Loadable) -> bool:
     """Give every parameter still on the meta device real (uninitialised) CPU memory; True if any was."""
     found = False
     for module in model.modules():

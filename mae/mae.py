@@ -14,13 +14,16 @@ official one, with no renaming hooks, and `named_parameters()` uses the same nam
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 from torch import Tensor, nn
 
+from .checkpoint import is_decoder_key
 from .config import MAEConfig, resolve_config
 from .decoder import MAEDecoder
 from .encoder import MAEEncoder
+from .loading import Expectation
 from .patch_embed import patchify, unpatchify
 
 
@@ -53,6 +56,19 @@ class MaskedAutoencoderViT(MAEEncoder, MAEDecoder):
         self._init_decoder_tokens()  # decoder_pos_embed, mask_token
         self._init_encoder_layers()
         self._init_decoder_layers()
+
+    def checkpoint_expectation(self) -> Expectation:
+        """The encoder's tensors and the decoder's: a full file fills both; an encoder-only file leaves the
+        decoder as initialised (see `mae.loading`)."""
+        expectation = super().checkpoint_expectation()
+        return replace(expectation, decoder=tuple(k for k in expectation.tensors if is_decoder_key(k)))
+
+    def initialize_unloaded(self, names: list[str]) -> None:
+        """After a fast load of an encoder-only file, the decoder's official initialisation."""
+        super().initialize_unloaded([k for k in names if not is_decoder_key(k)])  # refuses any other tensor
+        if names:
+            self._init_decoder_tokens()
+            self._init_decoder_layers()
 
     def patchify(self, imgs: Tensor) -> Tensor:
         """[N, C, H, W] -> [N, L, p*p*C] (see `mae.patch_embed.patchify`)."""

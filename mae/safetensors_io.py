@@ -1,26 +1,33 @@
-"""Read and write `.safetensors` files with torch alone (the library's only runtime dependency).
+"""`.safetensors` files: read with the format's own library, written with torch alone in the given order.
 
 The format (https://github.com/huggingface/safetensors): 8 bytes little-endian header length N, N bytes
 of JSON `{name: {"dtype", "shape", "data_offsets": [begin, end]}, "__metadata__": {str: str}}`, then the
-raw little-endian tensor bytes, offsets relative to the end of the header. Reading memory-maps the file
+raw little-endian tensor bytes, offsets relative to the end of the header. Nothing in it can run code.
+
+Reading is `safetensors.safe_open`, the reference implementation: it validates the header (its length,
+the JSON, every dtype, each shape against its byte range, tensors that neither overlap nor leave a byte
+of the data unaccounted for, so a truncated or padded file is refused) and memory-maps the file
 copy-on-write: nothing is read until a tensor is used, and writing to a tensor never changes the file.
-Nothing in a safetensors file can run code.
+
+Writing stays here because the library's writer sorts the tensors by dtype and name: a file written by
+it would not keep the official key order, which `mae convert` keeps. `save_file` writes each tensor's
+bytes straight from its memory (no copy), and its files are read back by the library in the tests.
 """
 
 from __future__ import annotations
 
 import ctypes
 import json
-import math
 import os
 import struct
 import sys
 from pathlib import Path
-from typing import NamedTuple
 
 import torch
+from safetensors import SafetensorError, safe_open
 from torch import Tensor
 
+# The dtypes `save_file` writes, by their names in the header.
 DTYPES: dict[str, torch.dtype] = {
     "F64": torch.float64,
     "F32": torch.float32,
@@ -34,89 +41,44 @@ DTYPES: dict[str, torch.dtype] = {
     "BOOL": torch.bool,
 }
 NAMES = {dtype: name for name, dtype in DTYPES.items()}
-MAX_HEADER = 100 * 1024 * 1024  # the reference implementation's own limit
 
 
 class SafetensorsFormatError(ValueError):
-    """The bytes are not a valid safetensors file; the message says where it breaks."""
-
-
-class Entry(NamedTuple):
-    """One tensor of the header: dtype, shape, and its byte range inside the data section."""
-
-    dtype: torch.dtype
-    shape: list[int]
-    begin: int
-    end: int
-
-
-def read_header(path: str | os.PathLike[str]) -> tuple[dict[str, Entry], dict[str, str], int]:
-    """(tensor entries, metadata, offset of the data section) of a safetensors file, validated."""
-    size = os.path.getsize(path)
-    with open(path, "rb") as f:
-        head = f.read(8)
-        if len(head) < 8:
-            raise SafetensorsFormatError(f"{size} bytes: too short for a safetensors header")
-        (length,) = struct.unpack("<Q", head)
-        if length > min(MAX_HEADER, size - 8):
-            raise SafetensorsFormatError(f"header length {length} does not fit in a {size}-byte file")
-        raw = f.read(length)
-    try:
-        header = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise SafetensorsFormatError(f"header is not JSON: {e}") from None
-    if not isinstance(header, dict):
-        raise SafetensorsFormatError("header is not a JSON object")
-    metadata = header.pop("__metadata__", None) or {}
-    if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
-        raise SafetensorsFormatError("__metadata__ must map strings to strings")
-    data_start, data_size = 8 + length, size - 8 - length
-    return {name: _check_entry(name, entry, data_size) for name, entry in header.items()}, metadata, data_start
-
-
-def _check_entry(name: str, entry: object, data_size: int) -> Entry:
-    if not isinstance(entry, dict) or set(entry) != {"dtype", "shape", "data_offsets"}:
-        raise SafetensorsFormatError(f"tensor {name!r}: entry must have exactly dtype, shape, data_offsets")
-    dtype, shape, offsets = entry["dtype"], entry["shape"], entry["data_offsets"]
-    if dtype not in DTYPES:
-        raise SafetensorsFormatError(f"tensor {name!r}: unsupported dtype {dtype!r}")
-    if not isinstance(shape, list) or not all(isinstance(d, int) and d >= 0 for d in shape):
-        raise SafetensorsFormatError(f"tensor {name!r}: shape must be a list of non-negative ints")
-    if (
-        not isinstance(offsets, list)
-        or len(offsets) != 2
-        or not all(isinstance(o, int) for o in offsets)
-        or not 0 <= offsets[0] <= offsets[1] <= data_size
-    ):
-        raise SafetensorsFormatError(f"tensor {name!r}: data_offsets {offsets!r} outside the {data_size}-byte data")
-    nbytes = math.prod(shape) * DTYPES[dtype].itemsize
-    if offsets[1] - offsets[0] != nbytes:
-        raise SafetensorsFormatError(
-            f"tensor {name!r}: {offsets[1] - offsets[0]} bytes for shape {shape} of {dtype} ({nbytes} bytes)"
-        )
-    return Entry(DTYPES[dtype], shape, offsets[0], offsets[1])
+    """The bytes are not a valid safetensors file; the message is the library's, saying where it breaks."""
 
 
 def load_file(path: str | os.PathLike[str]) -> dict[str, Tensor]:
-    """Every tensor of a safetensors file, memory-mapped (copy-on-write), in the file's order."""
-    if sys.byteorder != "little":
-        raise SafetensorsFormatError("safetensors data is little-endian; this host is big-endian")
-    header, _, data_start = read_header(path)
-    size = os.path.getsize(path)
-    storage = torch.UntypedStorage.from_file(os.fspath(path), shared=False, nbytes=size)
-    buffer = torch.empty(0, dtype=torch.uint8)
-    buffer.set_(storage)  # type: ignore[arg-type]
-    out: dict[str, Tensor] = {}
-    for name, e in sorted(header.items(), key=lambda item: item[1].begin):
-        raw = buffer[data_start + e.begin : data_start + e.end]
-        if (data_start + e.begin) % e.dtype.itemsize:
-            raw = raw.clone()  # unaligned in the file: a copy, so it can be viewed as `dtype`
-        out[name] = raw.view(e.dtype).reshape(e.shape)
-    return out
+    """Every tensor of a safetensors file, memory-mapped (copy-on-write), in the file's order (that of their
+    bytes; empty tensors, which have none, come in the library's order)."""
+    try:
+        with safe_open(os.fspath(path), framework="pt") as f:
+            return {name: f.get_tensor(name) for name in f.offset_keys()}
+    except SafetensorError as e:
+        raise SafetensorsFormatError(str(e)) from None
+
+
+def read_metadata(path: str | os.PathLike[str]) -> dict[str, str]:
+    """The `__metadata__` of a safetensors file (empty if none), after the library has validated its header."""
+    try:
+        with safe_open(os.fspath(path), framework="pt") as f:
+            return dict(f.metadata() or {})
+    except SafetensorError as e:
+        raise SafetensorsFormatError(str(e)) from None
+
+
+def is_safetensors(path: str | os.PathLike[str]) -> bool:
+    """Whether the file has a valid safetensors header (whatever its name); reads the header only."""
+    try:
+        read_metadata(path)
+        return True
+    except (SafetensorsFormatError, OSError):
+        return False
 
 
 def save_file(tensors: dict[str, Tensor], path: str | os.PathLike[str], metadata: dict[str, str] | None = None) -> None:
-    """Write `tensors` (any dtype in DTYPES, any device) as a safetensors file, 8-byte aligned."""
+    """Write `tensors` (any dtype in DTYPES, any device) as a safetensors file, in their order, 8-byte aligned."""
+    if sys.byteorder != "little":
+        raise ValueError("safetensors data is little-endian; writing it from this big-endian host is not supported")
     header: dict[str, object] = {}
     offset = 0
     ordered = []

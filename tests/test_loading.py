@@ -5,10 +5,13 @@ layout, as the real files cannot be downloaded here."""
 from __future__ import annotations
 
 import argparse
+import ast
 import logging
 import os
 import pickle
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -19,6 +22,7 @@ from helpers import small_config
 from mae.checkpoint import describe_state_dict
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
+PACKAGE = Path(mae.__file__).resolve().parent
 
 
 def reference_weights() -> dict[str, torch.Tensor]:
@@ -184,6 +188,149 @@ def test_fast_path_with_an_encoder_file_initialises_the_decoder(tmp_path: Path) 
     assert torch.equal(model.decoder_pos_embed[0], get_2d_sincos_pos_embed(c.decoder_embed_dim, c.grid_size, True))
     loss, _, _ = model(torch.randn(1, 3, 32, 32))
     assert torch.isfinite(loss)
+
+
+def _file_mappings(path: Path) -> list[tuple[int, int]]:
+    """The address ranges where this process has `path` memory-mapped (Linux: /proc/self/maps)."""
+    target = os.path.realpath(path)
+    ranges = []
+    with open("/proc/self/maps") as maps:
+        for line in maps:
+            fields = line.split(maxsplit=5)
+            if len(fields) == 6 and os.path.realpath(fields[5].strip()) == target:
+                low, high = (int(x, 16) for x in fields[0].split("-"))
+                ranges.append((low, high))
+    return ranges
+
+
+@pytest.mark.parametrize("suffix", [".pth", ".safetensors"])
+def test_fast_path_maps_the_file_instead_of_copying_it(tmp_path: Path, suffix: str) -> None:
+    """Every weight of the fast path lies inside the kernel's mapping of the checkpoint file (its pages are
+    the file's, shared with the page cache); the slow path, which copies into a built model, has none there."""
+    weights = reference_weights()
+    path = tmp_path / f"ckpt{suffix}"
+    if suffix == ".pth":
+        torch.save({"model": weights}, path)
+    else:
+        from mae.safetensors_io import save_file
+
+        save_file(weights, path)
+    fast = mae.create_model("mae_vit_base_patch16", checkpoint_path=path, **_tiny_overrides())
+    slow = mae.MaskedAutoencoderViT(tiny_config())
+    slow.load_pretrained(path)
+    regions = _file_mappings(path)
+    assert regions, f"{path} is not mapped at all: the fast path copied its tensors"
+
+    def mapped(t: torch.Tensor) -> bool:
+        start = t.data_ptr()
+        return any(low <= start and start + t.numel() * t.element_size() <= high for low, high in regions)
+
+    assert [k for k, t in fast.state_dict().items() if not mapped(t)] == []
+    assert [k for k, t in slow.state_dict().items() if mapped(t)] == []  # the check tells a copy apart
+
+
+def test_create_model_interpolates_a_checkpoint_of_another_size(tmp_path: Path) -> None:
+    """transformers' own ViTMAE at 64 px, saved in the official layout, through the fast path into a 96 px
+    model: both position tables equal timm's bicubic resampling of the file's, every other tensor the file's."""
+    from timm.layers import resample_abs_pos_embed
+    from transformers import ViTMAEForPreTraining
+
+    from reference.hf import hf_config, hf_to_official
+
+    torch.manual_seed(0)
+    hf = ViTMAEForPreTraining(hf_config(small_config(img_size=64)))
+    with torch.no_grad():
+        for p in hf.parameters():
+            p.normal_(0, 0.02)  # not the sin-cos tables: a resize of smooth tables would hide a wrong grid order
+    official = hf_to_official(hf.state_dict())
+    path = tmp_path / "mae_at_64px.pth"
+    torch.save({"model": official}, path)
+    overrides = {**_tiny_overrides(), "img_size": 96}
+    with pytest.raises(mae.CheckpointError, match=r"is for 64x64 images \(64 patches\); this model is for 96x96"):
+        mae.create_model("mae_vit_base_patch16", checkpoint_path=path, **overrides)
+    model = mae.create_model("mae_vit_base_patch16", checkpoint_path=path, interpolate_pos_embed=True, **overrides)
+    loaded = model.state_dict()
+    for key in ("pos_embed", "decoder_pos_embed"):
+        expected = resample_abs_pos_embed(official[key], new_size=[12, 12], num_prefix_tokens=1, antialias=False)
+        assert loaded[key].shape == (1, 145, official[key].shape[-1])
+        assert torch.equal(loaded[key], expected), key
+    assert all(torch.equal(loaded[k], official[k]) for k in official if not k.endswith("pos_embed"))
+    assert model.load_report is not None
+    assert any("resized from 64x64 to 96x96" in n for n in model.load_report.notes)
+    assert not model.pos_embed.requires_grad and not model.decoder_pos_embed.requires_grad
+    assert torch.isfinite(model(torch.randn(1, 3, 96, 96))[0])
+
+
+# --------------------------------------------------------------------------------- dependency direction
+
+MODEL_MODULES = ("mae.encoder", "mae.decoder", "mae.mae", "mae.classifier", "mae.models")
+
+
+def _mae_imports(module: str) -> set[str]:
+    """The mae modules that `module`'s source imports anywhere: top level, inside functions, under TYPE_CHECKING."""
+    parts = module.split(".")
+    path = PACKAGE.parent.joinpath(*parts)
+    is_package = path.is_dir()
+    tree = ast.parse((path / "__init__.py" if is_package else path.with_suffix(".py")).read_text())
+    package = parts if is_package else parts[:-1]
+    found: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = ".".join(package[: len(package) - node.level + 1]) if node.level else ""
+            stem = ".".join(x for x in (base, node.module or "") if x)
+            names = [stem] + [f"{stem}.{a.name}" for a in node.names]
+        else:
+            continue
+        for name in names:
+            target = PACKAGE.parent.joinpath(*name.split("."))
+            if name.startswith("mae.") and (target.is_dir() or target.with_suffix(".py").is_file()):
+                found.add(name)
+    return found
+
+
+def test_each_model_states_what_it_expects() -> None:
+    """The expectations the loader plans from, against the official counts: 254 tensors in a full ViT-B, 150 in
+    its encoder (so 104 in the decoder); the fine-tuning classifier's new head and fc_norm, its unused norm."""
+    from mae.loading import ClassifierHead
+
+    with torch.device("meta"):
+        full = mae.create_model("mae_vit_base_patch16").checkpoint_expectation()
+        encoder = mae.MAEEncoder(mae.MAEViTBase.default_config).checkpoint_expectation()
+        pooled = mae.vit_base_patch16(num_classes=7).checkpoint_expectation()
+        token = mae.vit_base_patch16(global_pool=False).checkpoint_expectation()
+    assert (len(full.tensors), len(full.decoder), full.classifier) == (254, 104, None)
+    assert set(full.tensors) - set(full.decoder) == set(encoder.tensors)
+    assert (len(encoder.tensors), encoder.decoder, encoder.classifier) == (150, (), None)
+    head = ("head.weight", "head.bias")
+    assert pooled.classifier is not None and token.classifier is not None
+    assert pooled.classifier == ClassifierHead(True, 7, new=pooled.classifier.new, unused=("norm.weight", "norm.bias"))
+    assert set(pooled.classifier.new) == {*head, "fc_norm.weight", "fc_norm.bias"}
+    assert token.classifier == ClassifierHead(False, 1000, new=head, unused=())
+    assert full.config == mae.MAEViTBase.default_config
+
+
+def test_loading_imports_no_model_class() -> None:
+    """The dependency runs one way: models use the loader, and the loader (with everything it imports, in any
+    scope) knows no model class; a model states what it expects (`checkpoint_expectation`)."""
+    seen, todo = set(), ["mae.loading"]
+    while todo:
+        module = todo.pop()
+        if module not in seen:
+            seen.add(module)
+            todo.extend(_mae_imports(module))
+    assert {"mae.checkpoint", "mae.safetensors_io", "mae.config"} <= seen  # the walk follows imports
+    assert sorted(m for m in seen if m.startswith(MODEL_MODULES)) == []
+    # And at run time: mae.loading imported alone (the package's __init__, which imports every model, bypassed).
+    code = (
+        "import sys, types; package = types.ModuleType('mae'); "
+        f"package.__path__ = [{str(PACKAGE)!r}]; sys.modules['mae'] = package; import mae.loading; "
+        "print(sorted(m for m in sys.modules if m.startswith('mae.')))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    loaded = ast.literal_eval(out.strip())
+    assert "mae.loading" in loaded and [m for m in loaded if m.startswith(MODEL_MODULES)] == []
 
 
 # ------------------------------------------------------------------------------- containers, names
@@ -386,6 +533,8 @@ def test_missing_extra_reshaped_retyped_and_nan_tensors(tmp_path: Path) -> None:
     _check_refused(tmp_path, {**weights, "blocks.9.extra": torch.zeros(1)}, r"this model does not: blocks.9.extra")
     _check_refused(tmp_path, {**weights, "norm.bias": torch.zeros(31)}, r"tensor norm.bias has shape \[31\]")
     _check_refused(tmp_path, {**weights, "norm.bias": torch.zeros(32, dtype=torch.long)}, "not floating point")
+    float8 = {**weights, "norm.bias": torch.zeros(32, dtype=torch.float8_e4m3fn)}  # a float type with no aminmax
+    _check_refused(tmp_path, float8, r"tensor norm.bias is float8_e4m3fn, which this loader does not convert")
     for bad in (float("nan"), float("inf"), float("-inf")):
         corrupt = weights["blocks.0.attn.qkv.weight"].clone()
         corrupt[0, 0] = bad
