@@ -18,21 +18,35 @@ its resume calls `torch.load` with the current default `weights_only=True`, whic
 `argparse.Namespace` its own checkpoints hold (allowed while it runs); and it replaces `builtins.print`
 (restored after). `training_shims()` applies them all for other official training code, e.g. the
 `engine_pretrain` module that `official_engine()` returns.
+
+`run_official_finetune` and `run_official_linprobe` run `main_finetune.main` and `main_linprobe.main` the
+same way, with OUR classifier (`mae.classifier.VisionTransformer`, the official keys and initialisation)
+in place of the `models_vit` model that `--model` names, so both programs train the same model class. (The
+official one subclasses timm's VisionTransformer, whose timm 1.x `forward` passes `attn_mask` to a
+`forward_features` override that does not take it, and whose layout and init changed.) Three more shims
+apply while they run: the official crop calls torchvision's `_get_image_size` (now `get_image_size`, the
+same [width, height]); the scripts set `cudnn.benchmark = True` (restored after); `torch.cuda.amp.autocast()`
+and `GradScaler()` warn that they are disabled on a machine without CUDA (those two warnings are silenced
+there). Their `exit(0)` after `--eval` returns normally. `official_finetune_engine()` gives the
+`engine_finetune` module with its `util.misc` (`NativeScalerWithGradNormCount`) and `util.lr_sched`, to call
+inside `training_shims()`.
 """
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import functools
 import importlib
 import os
 import sys
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import ModuleType
-from typing import Any
+from typing import Any, NamedTuple
 
+import torch
 from torch import nn
 
 ENV_VAR = "MAE_OFFICIAL_REPO"
@@ -94,15 +108,16 @@ def _shims() -> Iterator[None]:
 
 @contextlib.contextmanager
 def _training_shims() -> Iterator[None]:
-    import argparse
     import builtins
     import math
 
     import timm
     import timm.optim
-    import torch
+    import torch  # a local name: `import torch.utils.tensorboard` below binds it in this function
+    import torchvision.transforms.functional as tvf
 
     saved_version, saved_print, saved_sync = timm.__version__, builtins.print, torch.cuda.synchronize
+    saved_benchmark = torch.backends.cudnn.benchmark
     saved_modules = {name: sys.modules.get(name) for name in ("torch._six", "torch.utils.tensorboard")}
     six = ModuleType("torch._six")
     six.inf = math.inf  # type: ignore[attr-defined]
@@ -121,8 +136,14 @@ def _training_shims() -> Iterator[None]:
         if not had_add:
             optim_factory.add_weight_decay = timm.optim.param_groups_weight_decay  # type: ignore[attr-defined]
         timm.__version__ = "0.3.2"
+        had_image_size = hasattr(tvf, "_get_image_size")  # the official crop's name for get_image_size
+        if not had_image_size:
+            tvf._get_image_size = tvf.get_image_size
         if not torch.cuda.is_available():
             torch.cuda.synchronize = lambda device=None: None
+            # torch.cuda.amp.autocast() / GradScaler() on a machine without CUDA: disabled, as expected here.
+            warnings.filterwarnings("ignore", "CUDA is not available or torch_xla is imported", UserWarning)
+            warnings.filterwarnings("ignore", message=".*GradScaler is enabled, but CUDA is not available")
         try:
             with torch.serialization.safe_globals([argparse.Namespace]):
                 yield
@@ -130,6 +151,9 @@ def _training_shims() -> Iterator[None]:
             timm.__version__ = saved_version
             builtins.print = saved_print
             torch.cuda.synchronize = saved_sync
+            torch.backends.cudnn.benchmark = saved_benchmark
+            if not had_image_size:
+                del tvf._get_image_size
             if not had_add:
                 delattr(optim_factory, "add_weight_decay")
             for name, module in saved_modules.items():
@@ -155,6 +179,49 @@ class _NullSummaryWriter:
         pass
 
 
+# The checkout's top-level modules that its scripts import (and its `util.*`): taken out of sys.modules after a
+# run, so that nothing else in this process sees them.
+_CHECKOUT_MODULES = (
+    "main_pretrain", "main_finetune", "main_linprobe", "engine_pretrain", "engine_finetune", "models_mae",
+    "models_vit", "util",
+)  # fmt: skip
+
+
+def _is_checkout_module(name: str) -> bool:
+    return name in _CHECKOUT_MODULES or name.startswith("util.")
+
+
+def _run_official_main(
+    script: str, argv: list[str], install_model: Callable[[ModuleType, argparse.Namespace], None] | None = None
+) -> None:
+    """Import the checkout's `script` (e.g. "main_finetune"), parse `argv` with its parser, let `install_model`
+    swap the model factory, and run its `main`, in this process under every shim. `exit(0)` returns normally."""
+    reason = skip_reason()
+    if reason:
+        raise OfficialRepoUnavailable(reason)
+    repo = str(official_repo())
+    saved = {n: sys.modules.pop(n) for n in list(sys.modules) if _is_checkout_module(n)}
+    sys.path.insert(0, repo)
+    try:
+        with _shims(), _training_shims():
+            main_module = importlib.import_module(script)
+            args = main_module.get_args_parser().parse_args(argv)
+            if install_model is not None:
+                install_model(main_module, args)
+            if args.output_dir:
+                Path(args.output_dir).mkdir(parents=True, exist_ok=True)
+            try:
+                main_module.main(args)
+            except SystemExit as stop:  # `exit(0)` after `--eval`; any other exit goes on up
+                if stop.code not in (0, None):
+                    raise
+    finally:
+        sys.path.remove(repo)
+        for loaded in [n for n in sys.modules if _is_checkout_module(n)]:
+            del sys.modules[loaded]
+        sys.modules.update(saved)
+
+
 def run_official_pretrain(argv: list[str], model_kwargs: dict[str, Any] | None = None) -> None:
     """Run the official `main_pretrain.py` with command-line `argv`, in this process, under the shims.
 
@@ -162,33 +229,77 @@ def run_official_pretrain(argv: list[str], model_kwargs: dict[str, Any] | None =
     `MaskedAutoencoderViT(**model_kwargs, norm_pix_loss=...)`, so small configurations can be trained.
     The official script reads `DATA/train`; pass `--device cpu` where there is no GPU.
     """
-    reason = skip_reason()
-    if reason:
-        raise OfficialRepoUnavailable(reason)
-    repo = str(official_repo())
-    names = ("main_pretrain", "engine_pretrain", "models_mae", "models_vit", "util")
-    saved = {n: sys.modules.pop(n) for n in list(sys.modules) if n in names or n.startswith("util.")}
-    sys.path.insert(0, repo)
-    try:
-        with _shims(), _training_shims():
-            main_pretrain = importlib.import_module("main_pretrain")
-            args = main_pretrain.get_args_parser().parse_args(argv)
-            if model_kwargs is not None:
-                official_class = main_pretrain.models_mae.MaskedAutoencoderViT
-                norm_layer = functools.partial(nn.LayerNorm, eps=1e-6)
 
-                def factory(**kwargs: Any) -> Any:
-                    return official_class(**model_kwargs, norm_layer=norm_layer, **kwargs)
+    def install(main_pretrain: ModuleType, args: argparse.Namespace) -> None:
+        if model_kwargs is None:
+            return
+        official_class = main_pretrain.models_mae.MaskedAutoencoderViT
+        norm_layer = functools.partial(nn.LayerNorm, eps=1e-6)
 
-                setattr(main_pretrain.models_mae, args.model, factory)
-            if args.output_dir:
-                Path(args.output_dir).mkdir(parents=True, exist_ok=True)
-            main_pretrain.main(args)
-    finally:
-        sys.path.remove(repo)
-        for loaded in [n for n in sys.modules if n in names or n.startswith("util.")]:
-            del sys.modules[loaded]
-        sys.modules.update(saved)
+        def factory(**kwargs: Any) -> Any:
+            return official_class(**model_kwargs, norm_layer=norm_layer, **kwargs)
+
+        setattr(main_pretrain.models_mae, args.model, factory)
+
+    _run_official_main("main_pretrain", argv, install)
+
+
+# `--model` names of the official fine-tuning scripts (`models_vit`): the same names in `mae.classifier`.
+CLASSIFIERS = ("vit_base_patch16", "vit_large_patch16", "vit_huge_patch14")
+_FROM_FLAGS = {
+    "num_classes": "--nb_classes",
+    "global_pool": "--global_pool/--cls_token",
+    "drop_path_rate": "--drop_path",
+}
+
+
+def _our_classifier(model_kwargs: dict[str, Any] | None) -> Callable[[ModuleType, argparse.Namespace], None]:
+    """Installs, in place of `models_vit.<--model>`, a factory of OUR classifier: the named variant's
+    configuration with `model_kwargs` (MAEConfig fields) applied, and the script's num_classes /
+    global_pool / drop_path_rate. The configuration is checked before the script does any work."""
+    extra = dict(model_kwargs or {})
+    clashing = sorted(set(extra) & set(_FROM_FLAGS))
+    if clashing:
+        flags = ", ".join(f"{name} (use {_FROM_FLAGS[name]})" for name in clashing)
+        raise ValueError(f"model_kwargs must not set what the script's flags set: {flags}")
+
+    def install(main_module: ModuleType, args: argparse.Namespace) -> None:
+        from mae import classifier
+        from mae.config import resolve_config
+
+        if args.model not in CLASSIFIERS:
+            raise ValueError(f"--model {args.model!r} has no classifier here; valid: {', '.join(CLASSIFIERS)}")
+        build = getattr(classifier, args.model)
+        with torch.device("meta"):
+            resolve_config(build().config, extra)  # unknown or inconsistent fields fail here, before any work
+
+        def factory(**kwargs: Any) -> classifier.VisionTransformer:
+            return build(**extra, **kwargs)
+
+        setattr(main_module.models_vit, args.model, factory)
+
+    return install
+
+
+def run_official_finetune(argv: list[str], model_kwargs: dict[str, Any] | None = None) -> None:
+    """Run the official `main_finetune.py` with command-line `argv`, in this process, under the shims.
+
+    The model is OUR classifier (`mae.classifier.<--model>`, e.g. `vit_base_patch16`) with `model_kwargs`
+    (MAEConfig fields such as img_size, patch_size, embed_dim, depth, num_heads) applied to the variant's
+    configuration, and the script's `num_classes`, `drop_path_rate` and `global_pool`. The script reads
+    `DATA/train` and `DATA/val`; pass `--device cpu` where there is no GPU. `--eval` returns after evaluating.
+    """
+    _run_official_main("main_finetune", argv, _our_classifier(model_kwargs))
+
+
+def run_official_linprobe(argv: list[str], model_kwargs: dict[str, Any] | None = None) -> None:
+    """Run the official `main_linprobe.py` with command-line `argv`, in this process, under the shims.
+
+    The model is OUR classifier, as in `run_official_finetune` (the script passes no drop_path_rate: 0),
+    with the official head `Sequential(BatchNorm1d(affine=False), Linear)` put on it by the script. Its
+    transforms are fixed at 224 px: use a model with `img_size` 224 (a large patch keeps it cheap).
+    """
+    _run_official_main("main_linprobe", argv, _our_classifier(model_kwargs))
 
 
 _modules: dict[str, ModuleType] = {}
@@ -242,6 +353,33 @@ def official_engine() -> tuple[ModuleType, ModuleType]:
         sys.modules.pop("engine_pretrain", None)  # nothing else in this process sees the checkout's module
     engine = _modules["engine_pretrain"]
     return engine, engine.misc
+
+
+class OfficialFinetuneEngine(NamedTuple):
+    """The official `engine_finetune` module and the checkout modules it works with."""
+
+    engine: (
+        ModuleType  # train_one_epoch(model, criterion, loader, optimizer, device, epoch, loss_scaler, ...), evaluate
+    )
+    misc: ModuleType  # util.misc: NativeScalerWithGradNormCount, MetricLogger, save_model, ...
+    lr_sched: ModuleType  # util.lr_sched: adjust_learning_rate(optimizer, epoch, args)
+
+
+def official_finetune_engine() -> OfficialFinetuneEngine:
+    """The official `engine_finetune` module, its `util.misc` and `util.lr_sched`, imported once.
+
+    Call their functions inside `training_shims()` (the engine calls `torch.cuda.synchronize()` after every
+    step). They run with any classifier, ours included: `train_one_epoch(model, criterion, loader, optimizer,
+    torch.device("cpu"), epoch, misc.NativeScalerWithGradNormCount(), max_norm, mixup_fn, log_writer=None,
+    args=Namespace(accum_iter=..., lr=..., min_lr=..., warmup_epochs=..., epochs=...))` and
+    `evaluate(loader, model, device)`.
+    """
+    if "engine_finetune" not in _modules:
+        with _training_shims():
+            official_module("engine_finetune")
+        sys.modules.pop("engine_finetune", None)  # nothing else in this process sees the checkout's module
+    engine = _modules["engine_finetune"]
+    return OfficialFinetuneEngine(engine=engine, misc=engine.misc, lr_sched=engine.lr_sched)
 
 
 def build_official(variant: str, **kwargs: Any) -> Any:

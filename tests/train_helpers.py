@@ -104,3 +104,69 @@ class FixedNoise(nn.Module):
 
     def forward(self, imgs: Tensor, mask_ratio: float) -> tuple[Tensor, Tensor, Tensor]:
         return self.model(imgs, mask_ratio=mask_ratio, noise=self.noises.pop(0))
+
+
+# ------------------------------------------------------------------ fine-tuning, linear probing, evaluation
+
+# The tiny MAE's encoder as a classifier (`mae finetune/linprobe --model vit_base_patch16 --model_args ...`).
+TINY_CLASSIFIER_MODEL_ARGS = [item for item in TINY_MODEL_ARGS if not item.startswith("decoder_")]
+# The same classifier as keyword arguments of `mae.classifier.VisionTransformer(None, ...)`.
+TINY_CLASSIFIER_CONFIG: dict[str, Any] = {
+    name: value for name, value in TINY_CONFIG.items() if not name.startswith("decoder_")
+}
+TINY_CLASSIFIER_ARGS = [
+    "--model",
+    "vit_base_patch16",
+    "--model_args",
+    *TINY_CLASSIFIER_MODEL_ARGS,
+    "--input_size",
+    "32",
+    "--num_workers",
+    "0",
+    "--device",
+    "cpu",
+    "--batch_size",
+    "4",
+]
+
+
+def make_classification_data(root: Path, classes: int = 3) -> Path:
+    """``root/train`` (8 images of 40 px per class) and ``root/val`` (4 per class, other pixels), as the official."""
+    make_image_folder(root / "train", classes=classes, per_class=8, size=40)
+    make_image_folder(root / "val", classes=classes, per_class=4, seed=1)
+    return root
+
+
+def run_quietly(*argv: str) -> tuple[int, str, str]:
+    """``mae ARGV`` in this process on one thread, its output captured without pytest's ``capsys`` (for
+    fixtures shared by a module): (exit code, stdout, stderr)."""
+    import contextlib
+    import io
+
+    out, err = io.StringIO(), io.StringIO()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            code = mae.cli.main(list(argv))
+    finally:
+        torch.set_num_threads(threads)
+    return code, out.getvalue(), err.getvalue()
+
+
+def tiny_pretrained(data: Path, output: Path) -> Path:
+    """A 1-epoch ``mae pretrain`` of the tiny MAE on ``data``: its ``checkpoint-0.pth`` (encoder + decoder)."""
+    code, _, err = run_quietly(
+        "pretrain", "--data_path", str(data), *TINY_ARGS, "--batch_size", "4", "--epochs", "1",
+        "--warmup_epochs", "0", "--output_dir", str(output),
+    )  # fmt: skip
+    assert code == 0, err
+    return output / "checkpoint-0.pth"
+
+
+def classification_argv(command: str, data: Path, output: Path | str, *more: str, epochs: int = 3) -> list[str]:
+    """The argv of a tiny ``mae finetune`` / ``mae linprobe`` run: ``epochs`` epochs with 1 of warmup, then ``more``."""
+    return [
+        command, "--data_path", str(data), *TINY_CLASSIFIER_ARGS, "--epochs", str(epochs), "--warmup_epochs", "1",
+        "--output_dir", str(output), *more,
+    ]  # fmt: skip

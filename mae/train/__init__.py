@@ -1,15 +1,22 @@
-"""Training MAE, one concern per module, wired by thin trainers (`pretrain.py`).
+"""Training MAE, one concern per module, wired by thin trainers (`pretrain.py`, `finetune.py`, `linprobe.py`).
 
-- `data`: the official pre-training transform, the image folder (``DATA/train`` or ``DATA``) and its loader;
-- `optim`: the official weight-decay groups and AdamW;
+- `data`: the image folders (pre-training: ``DATA/train`` or ``DATA``; classification: ``DATA/train`` and
+  ``DATA/val``), the pre-training transform and the loaders;
+- `augment`: the fine-tuning (timm), linear-probe and evaluation transforms;
+- `crop`: the linear probe's random resized crop (no retry loop);
+- `mixup`: Mixup / CutMix (timm) and the loss that goes with them;
+- `optim`: the official pre-training weight-decay groups and AdamW;
+- `lars`: LARS (You et al., 2017), the linear probe's optimizer;
 - `schedule`: per-iteration linear warmup, then half-cycle cosine, at the fractional epoch;
 - `precision`: autocast and the gradient scaler for ``--dtype``;
 - `run_checkpoint`: ``checkpoint-{epoch}.pth`` in the official layout, written atomically, and resume;
 - `distributed`: DistributedDataParallel under ``torchrun`` (rank, world size, device, reductions);
 - `metrics`: running averages, the progress bar and ``log.txt``;
-- `engine_pretrain`: one epoch of pre-training (the official ``engine_pretrain.train_one_epoch``);
+- `engine`: the loop every recipe shares (lr per iteration, accumulation, scaled steps);
+- `engine_pretrain`, `engine_finetune`: one epoch of each (the official engines), and the evaluation;
+- `runs`: what every command does around its loop (seed, output folder, checkpoints, resume, Ctrl-C);
 - `flags`: official flag names, with their dashed spellings;
-- `pretrain`: the ``mae pretrain`` command: its flags and the trainer that wires the pieces.
+- `pretrain`, `finetune`, `linprobe`, `evaluate`: the commands: their flags and the trainers that wire the pieces.
 
-Nothing here is imported by ``import mae``: torchvision, Pillow and tqdm are needed only to train.
+Nothing here is imported by ``import mae``: torchvision, Pillow, tqdm and timm are needed only to train.
 """

@@ -1,10 +1,16 @@
-"""The pre-training data: a folder of images, the official augmentation, and the distributed loader.
+"""The training data: folders of images, the pre-training augmentation, and the loaders.
 
-Like the official script, ``--data_path DATA`` reads ``DATA/train`` when that folder exists, else ``DATA``.
-A folder whose sub-folders hold the images is read as torchvision's ``ImageFolder`` (same order, same
-files as the official script); a folder holding the images themselves is read as a flat list. Labels are
-not used in pre-training. Every problem that can be seen before training starts is reported then, with
-the path: a missing or empty folder, no images, an image that cannot be opened.
+Pre-training: like the official script, ``--data_path DATA`` reads ``DATA/train`` when that folder
+exists, else ``DATA``. A folder whose sub-folders hold the images is read as torchvision's
+``ImageFolder`` (same order, same files as the official script); a folder holding the images themselves
+is read as a flat list. Labels are not used in pre-training.
+
+Fine-tuning, linear probing and evaluation: ``DATA/train`` and ``DATA/val``, each an ``ImageFolder``
+with the same class folders. Evaluation is split between processes without padding, so every image is
+counted once, whatever the number of processes.
+
+Every problem that can be seen before training starts is reported then, with the path: a missing or
+empty folder, no images, an image that cannot be opened, mismatched class folders.
 """
 
 from __future__ import annotations
@@ -15,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -158,3 +164,77 @@ def build_loader(
         pin_memory=pin_memory,
         drop_last=True,
     )
+
+
+def build_image_folder(root: str | Path, transform: Callable[[Any], Any], option: str = "--data_path") -> Any:
+    """A torchvision ``ImageFolder`` (one sub-folder per class) at ``root``, checked before any training:
+    ValueError for a missing folder, no class folders, or an image that cannot be read."""
+    root = Path(root).expanduser()
+    if not root.is_dir():
+        raise ValueError(f"{option}: {root} is not a folder; it must hold one sub-folder of images per class")
+    if not any(d.is_dir() for d in root.iterdir()):
+        raise ValueError(f"{root} has no class sub-folders: put each class's images in a folder named after it")
+    folder = _torchvision().datasets.folder
+    dataset = folder.ImageFolder(str(root), transform=transform, loader=load_rgb, allow_empty=True)
+    if len(dataset) == 0:
+        raise ValueError(f"{root} holds no images in its class folders (looked for {', '.join(folder.IMG_EXTENSIONS)})")
+    check_images([path for path, _ in dataset.samples])
+    return dataset
+
+
+def build_classification_datasets(
+    data_path: str | Path,
+    train_transform: Callable[[Any], Any] | None,
+    val_transform: Callable[[Any], Any],
+    nb_classes: int | None,
+) -> tuple[Any, Any, int]:
+    """``DATA/train`` and ``DATA/val`` as ``ImageFolder``s (the official layout), checked against each other.
+
+    Returns (train, val, number of classes); ``train`` is None when ``train_transform`` is (evaluation
+    only). ValueError when a folder is missing, when ``val`` has a class folder ``train`` lacks (its
+    labels would be shifted), or when ``nb_classes`` is not the number of class folders.
+    """
+    root = Path(data_path).expanduser()
+    if not root.is_dir():
+        raise ValueError(f"--data_path {root} does not exist: it must hold train/ and val/ class folders")
+    val = build_image_folder(root / "val", val_transform, "--data_path DATA/val")
+    classes = val.classes
+    train = None
+    if train_transform is not None:
+        train = build_image_folder(root / "train", train_transform, "--data_path DATA/train")
+        if train.classes != val.classes:
+            only_train = sorted(set(train.classes) - set(val.classes))
+            only_val = sorted(set(val.classes) - set(train.classes))
+            raise ValueError(
+                f"{root}/train and {root}/val must have the same class folders (a label is a folder's position "
+                f"in the sorted list): only in train: {', '.join(only_train[:5]) or '-'}; "
+                f"only in val: {', '.join(only_val[:5]) or '-'}"
+            )
+        classes = train.classes
+    if nb_classes is not None and nb_classes != len(classes):
+        raise ValueError(
+            f"--nb_classes {nb_classes} does not match the data: {root} has {len(classes)} class folders "
+            f"({', '.join(classes[:5])}{' ...' if len(classes) > 5 else ''}). Pass --nb_classes {len(classes)} "
+            "or leave it out"
+        )
+    return train, val, len(classes)
+
+
+def build_eval_loader(
+    dataset: Dataset[Any],
+    *,
+    batch_size: int,
+    num_workers: int,
+    pin_memory: bool,
+    rank: int = 0,
+    world_size: int = 1,
+) -> DataLoader[Any]:
+    """Every image once, in order: this process's share is images ``rank, rank + world_size, ...``.
+
+    Departure: the official ``--dist_eval`` uses a shuffling ``DistributedSampler`` that pads the data
+    with repeated images to a multiple of the process count; here the shares are disjoint and cover the
+    data exactly, so the accuracy is the single-process one.
+    """
+    # Chia ảnh đánh giá cho các tiến trình, không lặp ảnh nào: độ chính xác không đổi theo số tiến trình.
+    share = dataset if world_size == 1 else Subset(dataset, range(rank, len(dataset), world_size))  # type: ignore[arg-type]
+    return DataLoader(share, batch_size=batch_size, shuffle=False, num_workers=num_workers, pin_memory=pin_memory)

@@ -82,8 +82,8 @@ def _host_generators() -> dict[str, torch.Tensor]:
         import numpy as np
     except ImportError:
         return state
-    _, keys, pos, has_gauss, cached = np.random.get_state()
-    state["numpy"] = torch.tensor([*keys.tolist(), pos, has_gauss], dtype=torch.int64)
+    _, keys, pos, has_gauss, cached = np.random.get_state(legacy=True)
+    state["numpy"] = torch.tensor([*np.asarray(keys).tolist(), pos, has_gauss], dtype=torch.int64)
     state["numpy_gauss"] = torch.tensor([cached], dtype=torch.float64)
     return state
 
