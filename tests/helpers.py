@@ -6,31 +6,61 @@ import importlib.util
 import socket
 from pathlib import Path
 from types import ModuleType
+from typing import TYPE_CHECKING
 
+import pytest
 import torch
 
 import mae
+from mae.models import list_variants
+
+if TYPE_CHECKING:
+    from _pytest.mark.structures import ParameterSet
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
 
+# The official variants (pinned, never read from the registry): short key -> model name. The tests that need
+# an official reference (timm's MAE encoders, the official factories, the pinned counts) run over these.
 VARIANTS = {
     "base": "mae_vit_base_patch16",
     "large": "mae_vit_large_patch16",
     "huge": "mae_vit_huge_patch14",
 }
 
+
+def variant_params(official: bool | None = None) -> list[ParameterSet]:
+    """One `pytest.param` per registered variant, read from the registry when the test module is collected:
+    every per-variant check parametrised with it covers a new `register_model` without further edits.
+
+    The id is the model name (`pytest -k mae_vit_small_patch16`); the xdist group is the official short key
+    ("base") where there is one, so each worker builds each full-size model once (`full_model`).
+    """
+    keys = {name: key for key, name in VARIANTS.items()}
+    return [
+        pytest.param(v.name, id=v.name, marks=pytest.mark.xdist_group(keys.get(v.name, v.name)))
+        for v in list_variants(official)
+    ]
+
+
+def model_name(variant: str) -> str:
+    """The registered model name of an official short key ("base"), or of a model name (unchanged)."""
+    return VARIANTS.get(variant, variant)
+
+
 _built: dict[str, mae.MaskedAutoencoderViT] = {}
 
 
 def full_model(variant: str) -> mae.MaskedAutoencoderViT:
-    """A full-size model of `variant`, built once per test process with seed 0 (eval mode).
+    """A full-size model of `variant` (an official short key or a registered name), built once per test
+    process with seed 0 (eval mode).
 
     Tests that use it are grouped per variant (`xdist_group`), so each worker builds each size once.
     """
-    if variant not in _built:
+    name = model_name(variant)
+    if name not in _built:
         torch.manual_seed(0)
-        _built[variant] = mae.create_model(VARIANTS[variant]).eval()
-    return _built[variant]
+        _built[name] = mae.create_model(name).eval()
+    return _built[name]
 
 
 def assert_bit_equal(ours: torch.Tensor, theirs: torch.Tensor, what: str = "") -> None:

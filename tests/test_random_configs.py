@@ -1,5 +1,6 @@
 """Random small configurations: keys, shapes and forward equal to transformers built from the same
-configuration. This is the property that tells a developer adding a variant whether it still matches."""
+configuration, for any configuration a developer might register. A registered variant gets the per-variant
+checks as well (bit equality at batch 1, init order and statistics: test_mae.py, test_variants.py)."""
 
 from __future__ import annotations
 

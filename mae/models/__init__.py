@@ -1,12 +1,15 @@
-"""The named MAE variants and their registry (`list_models`, `create_model`).
+"""The named MAE variants and their registry (`register_model`, `list_models`, `create_model`).
 
 Every name is a factory; the official long names (`*_dec512d8b`) and short names are both registered.
-See `README.md` in this folder for the comparison table.
+Each `mae_vit_*.py` in this folder registers its variant when imported, and every such file is imported
+here, so a new variant file is picked up without editing this one. See `README.md` in this folder for the
+comparison table and "Adding a variant".
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import importlib
+import pkgutil
 from pathlib import Path
 from typing import Any
 
@@ -14,20 +17,11 @@ from ..mae import MaskedAutoencoderViT
 from .mae_vit_base import MAEViTBase, mae_vit_base_patch16, mae_vit_base_patch16_dec512d8b
 from .mae_vit_huge import MAEViTHuge, mae_vit_huge_patch14, mae_vit_huge_patch14_dec512d8b
 from .mae_vit_large import MAEViTLarge, mae_vit_large_patch16, mae_vit_large_patch16_dec512d8b
+from .registry import _REGISTRY, Variant, get_variant, list_models, list_variants, register_model, unregister_model
 
-_REGISTRY: dict[str, Callable[..., MaskedAutoencoderViT]] = {
-    "mae_vit_base_patch16": mae_vit_base_patch16,
-    "mae_vit_base_patch16_dec512d8b": mae_vit_base_patch16_dec512d8b,
-    "mae_vit_large_patch16": mae_vit_large_patch16,
-    "mae_vit_large_patch16_dec512d8b": mae_vit_large_patch16_dec512d8b,
-    "mae_vit_huge_patch14": mae_vit_huge_patch14,
-    "mae_vit_huge_patch14_dec512d8b": mae_vit_huge_patch14_dec512d8b,
-}
-
-
-def list_models() -> list[str]:
-    """Every registered model name, sorted."""
-    return sorted(_REGISTRY)
+# Every other variant file (mae_vit_small.py, ...) registers itself on import: adding the file is enough.
+for _module in sorted(m.name for m in pkgutil.iter_modules(__path__) if m.name.startswith("mae_vit_")):
+    importlib.import_module(f"{__name__}.{_module}")
 
 
 def create_model(
@@ -51,25 +45,28 @@ def create_model(
         raise ValueError(f"unknown model {name!r}; valid names: {', '.join(list_models())}")
     if checkpoint_path is None:
         return _REGISTRY[name](**overrides)
-    from ..loading import create_from_checkpoint
+    from ..loading import create_from_checkpoint  # no cycle: mae.loading imports no model (see its docstring)
 
-    model = create_from_checkpoint(
+    return create_from_checkpoint(
         _REGISTRY[name], checkpoint_path, interpolate_pos_embed=interpolate_pos_embed, **overrides
     )
-    assert isinstance(model, MaskedAutoencoderViT)
-    return model
 
 
 __all__ = [
     "MAEViTBase",
     "MAEViTHuge",
     "MAEViTLarge",
+    "Variant",
     "create_model",
+    "get_variant",
     "list_models",
+    "list_variants",
     "mae_vit_base_patch16",
     "mae_vit_base_patch16_dec512d8b",
     "mae_vit_huge_patch14",
     "mae_vit_huge_patch14_dec512d8b",
     "mae_vit_large_patch16",
     "mae_vit_large_patch16_dec512d8b",
+    "register_model",
+    "unregister_model",
 ]

@@ -9,6 +9,7 @@ from typing import Any
 
 from ..config import MAEConfig
 from ..mae import MaskedAutoencoderViT
+from .registry import register_model
 
 MAE_VIT_HUGE_CONFIG = MAEConfig(
     patch_size=14,
@@ -37,3 +38,10 @@ def mae_vit_huge_patch14_dec512d8b(**overrides: Any) -> MAEViTHuge:
 
 
 mae_vit_huge_patch14 = mae_vit_huge_patch14_dec512d8b  # the official short name
+register_model(
+    "mae_vit_huge_patch14",
+    mae_vit_huge_patch14,
+    official=True,
+    aliases=["mae_vit_huge_patch14_dec512d8b"],
+    label="ViT-H/14",
+)

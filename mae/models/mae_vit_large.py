@@ -9,6 +9,7 @@ from typing import Any
 
 from ..config import MAEConfig
 from ..mae import MaskedAutoencoderViT
+from .registry import register_model
 
 MAE_VIT_LARGE_CONFIG = MAEConfig(
     patch_size=16,
@@ -37,3 +38,10 @@ def mae_vit_large_patch16_dec512d8b(**overrides: Any) -> MAEViTLarge:
 
 
 mae_vit_large_patch16 = mae_vit_large_patch16_dec512d8b  # the official short name
+register_model(
+    "mae_vit_large_patch16",
+    mae_vit_large_patch16,
+    official=True,
+    aliases=["mae_vit_large_patch16_dec512d8b"],
+    label="ViT-L/16",
+)
