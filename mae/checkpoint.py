@@ -20,6 +20,7 @@ import argparse
 import math
 import pickle
 import re
+import struct
 import warnings
 import zipfile
 from collections.abc import Mapping
@@ -105,10 +106,41 @@ def load_object(path: str | Path) -> Any:
     return _torch_load(Path(path))
 
 
+def _zip_layout_problem(path: Path) -> str | None:
+    """What is wrong with a zip checkpoint's record layout, or None.
+
+    ``torch.load`` finds each tensor through the zip's central directory and then trusts the record's local
+    header; a damaged local header makes it read the tensor from the wrong bytes, with no error. So every
+    record's local header must carry the zip signature and the central directory's name, and its data must
+    end before the next record (or the central directory). A few milliseconds for a ViT-L file.
+    """
+    try:
+        with zipfile.ZipFile(path) as archive, open(path, "rb") as f:
+            records = sorted(archive.infolist(), key=lambda r: r.header_offset)
+            ends = [r.header_offset for r in records[1:]] + [archive.start_dir]
+            for record, end in zip(records, ends, strict=True):
+                f.seek(record.header_offset)
+                header = f.read(30)  # the fixed part of a local file header
+                if len(header) < 30 or header[:4] != b"PK\x03\x04":
+                    return f"the zip record of {record.filename} has no valid local header"
+                name_length, extra_length = struct.unpack("<HH", header[26:30])
+                if f.read(name_length) != record.filename.encode("utf-8"):
+                    return f"the zip record of {record.filename} names another file"
+                if record.header_offset + 30 + name_length + extra_length + record.compress_size > end:
+                    return f"the data of {record.filename} runs into the next record"
+    except (zipfile.BadZipFile, OSError, ValueError, struct.error) as e:
+        return f"its zip directory cannot be read ({e})"
+    return None
+
+
 def _torch_load(path: Path) -> Any:
     """torch.load with weights_only=True (and mmap when the file is a zip archive)."""
     fix_corrupt = "The file is truncated or corrupt: download it again (`mae download NAME` resumes and checks it)."
     mmap = zipfile.is_zipfile(path)
+    if mmap:
+        problem = _zip_layout_problem(path)
+        if problem:
+            raise CheckpointError(path, f"is corrupt: {problem}.", fix_corrupt)
     try:
         with warnings.catch_warnings(), torch.serialization.safe_globals([argparse.Namespace]):
             warnings.filterwarnings("ignore", message="Detected pickle protocol")

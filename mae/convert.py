@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -108,38 +110,62 @@ def convert(
 ) -> Path:
     """Write `source` (any readable checkpoint) to `destination` in format `to` (default: from the path).
 
-    Refuses to overwrite an existing destination unless `overwrite`; writes to a temporary name first
-    and renames, so an interrupted conversion never leaves a half-written file under the final name.
+    Refuses to overwrite an existing destination unless `overwrite`, and never replaces a file by a folder
+    or a folder by a file. Every file is written under a temporary name (`NAME.part`) and renamed only once
+    all of them are complete, so a failed conversion (a full disk, Ctrl-C) leaves no half-written output:
+    the temporary files are deleted, a folder it created is removed, and an overwritten destination keeps
+    its previous contents. Overwriting a transformers folder replaces its two files and keeps the rest.
     """
     to = to or format_for(destination)
     if to not in FORMATS:
         raise ValueError(f"unknown format {to!r}; valid: {', '.join(FORMATS)}")
     destination = Path(destination)
-    if destination.exists() and not overwrite:
-        raise FileExistsError(f"{destination} exists; choose another name or pass overwrite=True (--force)")
+    folder = to == "transformers"
+    if destination.exists() or destination.is_symlink():
+        if not overwrite:
+            raise FileExistsError(f"{destination} exists; choose another name or pass overwrite=True (--force)")
+        if destination.is_dir() != folder:
+            raise FileExistsError(
+                f"{destination} exists and is a {'folder' if destination.is_dir() else 'file'}, but a {to} "
+                f"checkpoint is a {'folder' if folder else 'file'}; overwriting replaces only the same kind: "
+                "choose another name, or remove it first"
+            )
     state_dict, info = read_checkpoint(source)
     if info.kind not in ("full", "encoder"):
         raise CheckpointError(source, f"holds a {info.kind} checkpoint; only MAE encoders and full MAEs convert.")
     state_dict = official_order(state_dict, info)
-    if to == "transformers":
+    if folder:
         config = config_of(info, num_heads, decoder_num_heads)
-        destination.mkdir(parents=True, exist_ok=overwrite)
         weights = {k: v.contiguous() for k, v in official_to_transformers(state_dict).items()}
-        _atomic(destination / "model.safetensors", lambda p: save_file(weights, p, {"format": "pt"}))
         text = json.dumps(transformers_config(config, info.kind == "encoder"), indent=2) + "\n"
-        _atomic(destination / "config.json", lambda p: p.write_text(text))
+        created = not destination.exists()
+        destination.mkdir(parents=True, exist_ok=True)
+        try:
+            _write_atomically(
+                {
+                    destination / "model.safetensors": lambda p: save_file(weights, p, {"format": "pt"}),
+                    destination / "config.json": lambda p: p.write_text(text),
+                }
+            )
+        except BaseException:
+            if created:
+                shutil.rmtree(destination, ignore_errors=True)  # the folder this call made, and all in it
+            raise
     elif to == "safetensors":
-        _atomic(destination, lambda p: save_file(state_dict, p, {"format": "pt", "layout": "official"}))
+        _write_atomically({destination: lambda p: save_file(state_dict, p, {"format": "pt", "layout": "official"})})
     else:
-        _atomic(destination, lambda p: torch.save({"model": state_dict}, p))
+        _write_atomically({destination: lambda p: torch.save({"model": state_dict}, p)})
     return destination
 
 
-def _atomic(path: Path, write: object) -> None:
-    part = path.with_name(path.name + ".part")
+def _write_atomically(writes: dict[Path, Callable[[Path], object]]) -> None:
+    """Write every file under `NAME.part`, then rename them all; on any failure delete the parts and re-raise."""
+    parts = {path: path.with_name(path.name + ".part") for path in writes}
     try:
-        write(part)  # type: ignore[operator]
-        os.replace(part, path)
+        for path, write in writes.items():
+            write(parts[path])
+        for path, part in parts.items():
+            os.replace(part, path)
     finally:
-        if part.exists():
-            part.unlink()
+        for part in parts.values():
+            part.unlink(missing_ok=True)

@@ -9,6 +9,10 @@ given directory) with the standard library only:
 - A file already at the destination is checked, never overwritten: a match returns at once, a mismatch is
   an error that tells the user to delete it.
 Every failure is a `DownloadError` that names the file or URL, the problem and the fix.
+
+Progress: a few plain lines on stderr (where from, resuming, the md5 check) and, on a terminal only, a
+tqdm bar. tqdm is optional here (it comes with the `train` and `test` extras): without it there is no
+bar, and a line says so. Off a terminal (a log, CI) no bar is drawn, so logs stay short.
 """
 
 from __future__ import annotations
@@ -17,13 +21,12 @@ import hashlib
 import os
 import re
 import sys
-import time
 import urllib.error
 import urllib.parse
 import urllib.request
 from http.client import HTTPException
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
 
 from .files import OFFICIAL_FILES, data_dir
 
@@ -58,8 +61,9 @@ def download(
 
     `name` is an official file name (a key of `OFFICIAL_FILES`) unless `url` is given, in which case it is
     only the destination file name (a mirror of an official file keeps the published md5). `md5_prefix`
-    overrides the published md5 (any prefix of the hex digest). `progress` writes a progress line to
-    stderr. `timeout` bounds each network wait, in seconds. Raises `ValueError` for bad arguments and
+    overrides the published md5 (any prefix of the hex digest). `progress` reports on stderr: a few lines,
+    and a tqdm bar when stderr is a terminal and tqdm is installed. `timeout` bounds each network wait, in
+    seconds. Raises `ValueError` for bad arguments and
     `DownloadError` for everything that goes wrong on the way.
     """
     entry = OFFICIAL_FILES.get(name)
@@ -220,8 +224,7 @@ def _transfer(url: str, part: Path, *, name: str, progress: bool, timeout: float
         else:
             raise DownloadError(url, f"unexpected answer HTTP {response.status} {response.reason}.", _RETRY)
 
-        done = offset
-        meter = _Progress(name, total, offset, enabled=progress)
+        bar = _progress_bar(name, total, offset, enabled=progress)
         failure: BaseException | None = None
         try:
             with open(part, mode) as f:
@@ -233,18 +236,18 @@ def _transfer(url: str, part: Path, *, name: str, progress: bool, timeout: float
                         break
                     if not chunk:
                         break
-                    try:
-                        f.write(chunk)
-                    except OSError as e:
-                        raise DownloadError(
-                            part,
-                            f"could not be written ({e}).",
-                            "Free some space (or fix the directory), then run the same command again to resume.",
-                        ) from e
-                    done += len(chunk)
-                    meter.update(done)
-        finally:  # also on Ctrl-C: end the progress line; the part file stays for the next run
-            meter.close()
+                    f.write(chunk)
+                    if bar is not None:
+                        bar.update(len(chunk))
+        except OSError as e:  # opening, writing or closing (the last flush) the part file: a full disk, say
+            raise DownloadError(
+                part,
+                f"could not be written ({e}).",
+                "Free some space (or fix the directory), then run the same command again to resume.",
+            ) from e
+        finally:  # also on Ctrl-C: end the bar's line; the part file stays for the next run
+            if bar is not None:
+                bar.close()
 
     done = part.stat().st_size  # what is on disk, not what was counted
     if failure is not None or (total is not None and done < total):
@@ -289,64 +292,17 @@ def _check_complete_after_416(part: Path, size: int, content_range: str | None) 
         )
 
 
-class _Progress:
-    """Progress on stderr: one `\\r`-updated line on a terminal, else at most one line per 10 %."""
-
-    def __init__(self, name: str, total: int | None, start: int, *, enabled: bool) -> None:
-        self.name, self.total, self.start = name, total, start
-        self.stream: TextIO = sys.stderr
-        self.enabled = enabled
-        self.tty = enabled and _isatty(self.stream)
-        self.t0 = time.monotonic()
-        self.last_draw = -1.0
-        self.width = 0
-        self.done = start
-        self.step = 0 if total else 100_000_000  # without a total: a line per 100 MB
-        self.next_mark = self._mark(start) + 1
-
-    def _mark(self, done: int) -> int:
-        """Tenths completed (or 100 MB steps without a total)."""
-        if self.total:
-            return done * 10 // self.total
-        return done // self.step
-
-    def _line(self, done: int) -> str:
-        elapsed = max(time.monotonic() - self.t0, 1e-6)
-        rate = (done - self.start) / elapsed / _MB
-        if self.total:
-            return (
-                f"{self.name}: {100 * done / self.total:5.1f}% "
-                f"{done / _MB:.1f}/{self.total / _MB:.1f} MB {rate:.1f} MB/s"
-            )
-        return f"{self.name}: {done / _MB:.1f} MB {rate:.1f} MB/s"
-
-    def update(self, done: int) -> None:
-        self.done = done
-        if not self.enabled:
-            return
-        if self.tty:
-            now = time.monotonic()
-            if now - self.last_draw >= 0.1:
-                self._draw(done)
-                self.last_draw = now
-        elif self._mark(done) >= self.next_mark:
-            self.next_mark = self._mark(done) + 1
-            self.stream.write(self._line(done) + "\n")
-            self.stream.flush()
-
-    def close(self) -> None:
-        """End the progress line (called once the transfer stops, completed or not)."""
-        if self.tty and self.enabled:
-            self._draw(self.done)
-            self.stream.write("\n")
-            self.stream.flush()
-        self.enabled = False
-
-    def _draw(self, done: int) -> None:
-        line = self._line(done)
-        self.stream.write("\r" + line.ljust(self.width))  # spaces wipe the end of a longer previous line
-        self.stream.flush()
-        self.width = len(line)
+def _progress_bar(name: str, total: int | None, start: int, *, enabled: bool) -> Any:
+    """A tqdm bar on stderr from byte `start`, or None: when not `enabled`, when stderr is not a terminal
+    (logs stay quiet), or when tqdm is not installed (then a line says so)."""
+    if not enabled or not _isatty(sys.stderr):
+        return None
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        _say(True, "(no progress bar: tqdm is not installed; pip install tqdm)")
+        return None
+    return tqdm(total=total, initial=start, desc=name, unit="B", unit_scale=True, file=sys.stderr, dynamic_ncols=True)
 
 
 def _isatty(stream: TextIO) -> bool:

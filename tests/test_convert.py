@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import errno
+import json
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import torch
 
 import mae
+import mae.convert
 from mae.convert import convert, format_for
 from mae.safetensors_io import load_file
 
@@ -100,9 +104,96 @@ def test_refusals(tmp_path: Path) -> None:
     assert (tmp_path / "exists.pth").read_bytes() == b"x"
     with pytest.raises(mae.CheckpointError, match="number of heads is unknown"):
         convert(FIXTURE, tmp_path / "hf")
-    assert not (tmp_path / "hf").exists() or not any((tmp_path / "hf").iterdir())
     with pytest.raises(ValueError, match="unknown format"):
         convert(FIXTURE, tmp_path / "x.pth", to="onnx")
+    classifier = {k: v for k, v in official().items() if not (k.startswith("decoder_") or k == "mask_token")}
+    classifier |= {"head.weight": torch.zeros(10, 32), "head.bias": torch.zeros(10)}
+    torch.save({"model": classifier}, tmp_path / "classifier.pth")
+    with pytest.raises(mae.CheckpointError, match="holds a classifier checkpoint; only MAE encoders and full MAEs"):
+        convert(tmp_path / "classifier.pth", tmp_path / "c.safetensors")
+    # --force replaces a file by a file, a folder by a folder, never one kind by the other.
+    (tmp_path / "folder.pth").mkdir()
+    with pytest.raises(FileExistsError, match="is a folder, but a official checkpoint is a file"):
+        convert(FIXTURE, tmp_path / "folder.pth", overwrite=True)
+    with pytest.raises(FileExistsError, match="is a file, but a transformers checkpoint is a folder"):
+        convert(FIXTURE, tmp_path / "exists.pth", to="transformers", num_heads=4, overwrite=True)
+    assert (tmp_path / "exists.pth").read_bytes() == b"x" and not any((tmp_path / "folder.pth").iterdir())
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["classifier.pth", "exists.pth", "folder.pth"]
+
+
+def test_to_overrides_the_destinations_suffix(tmp_path: Path) -> None:
+    convert(FIXTURE, tmp_path / "weights.bin", to="safetensors")  # .bin alone would mean the official layout
+    assert_same(load_file(tmp_path / "weights.bin"), official())
+    convert(FIXTURE, tmp_path / "weights.safetensors", to="official")
+    with open(tmp_path / "weights.safetensors", "rb") as f:  # a file object: torch.load goes by content, not name
+        assert_same(torch.load(f, weights_only=True)["model"], official())
+    folder = convert(FIXTURE, tmp_path / "hf.pth", to="transformers", num_heads=4, decoder_num_heads=2)
+    assert sorted(p.name for p in folder.iterdir()) == ["config.json", "model.safetensors"]
+    assert json.loads((folder / "config.json").read_text())["architectures"] == ["ViTMAEForPreTraining"]
+
+
+def test_overwrite_replaces_the_destination(tmp_path: Path) -> None:
+    (tmp_path / "w.pth").write_bytes(b"an old file")
+    convert(FIXTURE, tmp_path / "w.pth", overwrite=True)
+    assert_same(torch.load(tmp_path / "w.pth", weights_only=True)["model"], official())
+    folder = tmp_path / "hf"
+    folder.mkdir()
+    (folder / "config.json").write_text("{}")
+    (folder / "README.md").write_text("notes")
+    convert(FIXTURE, folder, num_heads=4, decoder_num_heads=2, overwrite=True)
+    assert json.loads((folder / "config.json").read_text())["num_attention_heads"] == 4
+    assert (folder / "README.md").read_text() == "notes"  # only the two files are replaced
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["hf", "w.pth"]
+
+
+def _full_disk(written: int) -> Callable[..., None]:
+    """A writer that puts `written` bytes at the path it is given, then fails as a full disk does."""
+
+    def write(*args: object, **kwargs: object) -> None:
+        path = next(a for a in args if isinstance(a, (str, Path)))
+        Path(path).write_bytes(b"\0" * written)
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    return write
+
+
+@pytest.mark.parametrize("to", ["official", "safetensors", "transformers"])
+def test_a_failed_write_leaves_no_half_written_output(to: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    fresh, existing = tmp_path / "fresh", tmp_path / "existing"
+    if to == "transformers":
+        existing.mkdir()
+        (existing / "config.json").write_text("{}")
+        (existing / "model.safetensors").write_bytes(b"old weights")
+    else:
+        existing.write_bytes(b"an old file")
+    before = {p.name: p.read_bytes() for p in ([existing] if existing.is_file() else existing.iterdir())}
+    if to == "official":
+        monkeypatch.setattr(torch, "save", _full_disk(100))
+    elif to == "safetensors":
+        monkeypatch.setattr(mae.convert, "save_file", _full_disk(100))
+    else:  # the weights are written, then the config fails: neither may appear
+        monkeypatch.setattr(Path, "write_text", lambda self, *a, **k: _full_disk(10)(self))
+    for destination, overwrite in ((fresh, False), (existing, True)):
+        with pytest.raises(OSError, match="No space left on device"):
+            convert(FIXTURE, destination, to=to, num_heads=4, decoder_num_heads=2, overwrite=overwrite)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["existing"]  # nothing new, no .part
+    after = {p.name: p.read_bytes() for p in ([existing] if existing.is_file() else existing.iterdir())}
+    assert after == before  # the overwritten destination keeps its previous contents
+
+
+def test_the_command_passes_to_and_force(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from mae.cli import main
+
+    out = tmp_path / "w.bin"
+    assert main(["convert", str(FIXTURE), str(out), "--to", "safetensors"]) == 0
+    assert_same(load_file(out), official())
+    assert capsys.readouterr().out.strip() == f"wrote {out}"
+    assert main(["convert", str(FIXTURE), str(out)]) == 1
+    assert f"mae convert: error: {out} exists; choose another name or pass overwrite=True (--force)" in (
+        capsys.readouterr().err
+    )
+    assert main(["convert", str(FIXTURE), str(out), "--force"]) == 0  # .bin: the official layout
+    assert_same(torch.load(out, weights_only=True)["model"], official())
 
 
 def _tiny() -> dict[str, int]:
