@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import sys
 
-from . import forward, load, train
+from . import finetune, forward, load, train
 
 
 def run_all(argv: list[str]) -> int:
@@ -17,7 +17,7 @@ def run_all(argv: list[str]) -> int:
     return forward.main([]) or load.main([])
 
 
-COMMANDS = {"forward": forward.main, "load": load.main, "train": train.main, "all": run_all}
+COMMANDS = {"forward": forward.main, "load": load.main, "train": train.main, "finetune": finetune.main, "all": run_all}
 
 if __name__ == "__main__":
     name = sys.argv[1] if len(sys.argv) > 1 else "all"

@@ -5,7 +5,8 @@ the official weight-decay groups and betas, the per-iteration learning-rate sche
 fixed random images, in one process; the variants alternate round-robin after one warm-up call each, and
 medians are reported:
 - "ours": `mae.train.engine_pretrain.train_one_epoch`, float32, the default path;
-- "fast": the same, after `mae.set_onednn_linear(model, True)` (`mae pretrain --fast`; float32 CPU only);
+- "fast": the same, after `mae.set_onednn_linear(model, True)` (`mae pretrain --fast`; float32 CPU only: each
+  product shape, forward and backward, by MKL or oneDNN, whichever timed faster here at its first use);
 - "bf16": the same under `mae.train.precision.autocast(device, torch.bfloat16)` (`--dtype bfloat16`);
 - "compile": the same through `torch.compile(model)` (`--compile`); its first call, compilation included,
   is reported apart, and it is warmed up by two calls (the second recompiles a small function once);
@@ -25,6 +26,11 @@ one call, and says so.
 
 The loss curve: a small model trained for a few steps from the same seed and data, in float32 and in the
 other precisions/paths; the largest relative difference of the loss at any step against float32.
+
+The host: its instruction sets, and its ceilings measured in the same run (a 4096x4096 float32 product by
+MKL and by oneDNN; bf16 products against float32, forward and backward layouts); each speed goal is held to
+what they allow (`benchmarks/host.py`), e.g. on a CPU whose oneDNN products are no faster, the fast path
+must not be slower than the default path, and where bf16 products are emulated, `mae` must warn.
 
     python -m benchmarks train [--model base] [--batch 8] [--rounds 5] [--steps 1]
                                [--variants ours,fast,bf16,compile,official] [--curve-model small]
@@ -53,11 +59,14 @@ import torch.nn.functional as F
 from torch import nn
 
 import mae
-from benchmarks.forward import machine
+from benchmarks import host
+from benchmarks.forward import GEMM_SIZE, gemm_products, timed
+from mae.cpu import warn_if_reduced_precision_is_slow
+from mae.onednn import fast_path_summary
 from mae.train.distributed import Dist
 from mae.train.engine_pretrain import train_one_epoch
 from mae.train.optim import BETAS, build_adamw
-from mae.train.precision import autocast, cpu_has_native_bf16, grad_scaler
+from mae.train.precision import autocast, grad_scaler
 from mae.train.schedule import CosineSchedule, base_learning_rate
 
 VARIANTS = {"base": "mae_vit_base_patch16", "large": "mae_vit_large_patch16", "huge": "mae_vit_huge_patch14"}
@@ -70,7 +79,7 @@ SMALL: dict[str, dict[str, Any]] = {
 }  # fmt: skip
 LABELS = {
     "ours": "ours, float32 (default path)",
-    "fast": "ours --fast (oneDNN linear layers, float32)",
+    "fast": "ours --fast (MKL or oneDNN per product shape, float32)",
     "bf16": "ours, bf16 autocast",
     "compile": "ours, torch.compile (float32)",
     "official": "official engine (float32 on the CPU)",
@@ -361,26 +370,19 @@ def loss_curves(args: argparse.Namespace, device: torch.device) -> dict[str, Any
 # --- the report ---------------------------------------------------------------------------------------
 
 
-def host(device: torch.device) -> str:
-    """The machine, with the CPU's vector instruction sets (what bf16 and oneDNN speed depends on)."""
-    try:
-        flags = next(line.split(":", 1)[1].split() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                     if line.startswith("flags"))  # fmt: skip
-    except (OSError, StopIteration):
-        flags = []
-    wanted = ("avx2", "fma", "avx512f", "avx512_bf16", "amx_bf16")
-    present = [f for f in wanted if f in flags]
-    absent = [f for f in wanted if f not in flags]
-    isa = " ".join(present) or "unknown"
-    if flags and absent:
-        isa += f" (no {', '.join(absent)})"
-    text = (
-        f"{machine()}; CPU instruction sets: {isa}; torch CPU kernels: {torch.backends.cpu.get_cpu_capability()}; "
-        f"native bf16 on the CPU: {'yes' if cpu_has_native_bf16() else 'no (bf16 products are emulated)'}"
-    )
-    if device.type == "cuda":
-        text += f"; GPU: {torch.cuda.get_device_name(device)}"
-    return text
+def ceilings(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
+    """This host's ceilings, for the goals: the 4096x4096 float32 product by the default library and by oneDNN
+    (GFLOP/s, median of a few alternating calls), when the fast path runs; bf16 products against float32 (the
+    slower of the forward's and the backward's layout), when bf16 runs."""
+    full = args.model in VARIANTS  # the small models of the smoke tests get smaller, quicker ceilings
+    size = GEMM_SIZE if full else GEMM_SIZE // 4
+    found: dict[str, Any] = {}
+    if "fast" in args.variants:
+        seconds = timed(gemm_products(device, torch.float32, size), 3, device)
+        found["gemm"] = {name.removeprefix("gemm "): 2 * size**3 / s / 1e9 for name, s in seconds.items()}
+    if "bf16" in args.variants:
+        found["bf16"] = host.precision_ceiling(torch.bfloat16, device, training=True, rows=512 if full else 128)
+    return found
 
 
 def _ratio(value: float | None, other: float | None) -> str:
@@ -388,28 +390,67 @@ def _ratio(value: float | None, other: float | None) -> str:
 
 
 def goals(results: dict[str, Any]) -> list[str]:
+    """The issue's goals, each held to this host's measured ceilings (`benchmarks/host.py`)."""
     rows, curve = results["steps"]["rows"], results.get("curve")
+    found = results.get("ceilings", {})
+    gemm = found.get("gemm", {})
+    ratio = gemm["oneDNN"] / gemm["default"] if "oneDNN" in gemm else None
+    gain = host.fast_gain(ratio)
     official = rows.get("official", {}).get("images_per_s")
     ours = rows.get("ours", {}).get("images_per_s")
-    lines = ["| goal | measured | verdict |", "|---|---|---|"]
-    for name, text in (("fast", "float32 fast path (`--fast`)"), ("bf16", "bf16 autocast")):
-        goal = f"{text} >= {GOALS[name]:g}x the official engine's images/s"
+    lines = []
+    if ratio is not None:
+        lines += [
+            f"This host's ceilings: oneDNN's float32 product {gemm['oneDNN']:.0f} GFLOP/s, the default's "
+            f"{gemm['default']:.0f} ({ratio:.2f}x)" + (f"; bf16: {found['bf16']['detail']}" if "bf16" in found else ""),
+            "",
+        ]
+    elif "bf16" in found:
+        lines += [f"This host's ceilings: bf16: {found['bf16']['detail']}", ""]
+    lines += ["| goal | bound on this host | measured | verdict |", "|---|---|---|---|"]
+
+    def add(goal: str, bound: float, value: float | None, missing: str) -> None:
+        verdict = "-" if value is None else "met" if value >= bound else "missed"
+        lines.append(f"| {goal} | >= {bound:.3g}x | {missing if value is None else f'{value:.2f}x'} | {verdict} |")
+
+    def over(name: str, other: float | None) -> float | None:
         value = rows.get(name, {}).get("images_per_s")
-        if value is None:
-            lines.append(f"| {goal} | not measured ({name} not run) | - |")
-        elif official is None:
-            hint = f"; {value / ours:.2f}x our float32 default path" if ours else ""
-            lines.append(f"| {goal} | not measured: MAE_OFFICIAL_REPO unset{hint} | - |")
-        else:
-            verdict = "met" if value / official >= GOALS[name] else "missed"
-            lines.append(f"| {goal} | {value / official:.2f}x | {verdict} |")
+        return value / other if value is not None and other else None
+
+    def missing(name: str) -> str:
+        if name not in rows:
+            return f"not measured ({name} not run)"
+        hint = f"; {over(name, ours):.2f}x our float32 default path" if ours and name != "ours" else ""
+        return f"not measured: MAE_OFFICIAL_REPO unset{hint}"
+
+    add(f"float32 fast path (`--fast`) / the official engine, images/s (issue: >= {GOALS['fast']:g}x)",
+        host.speed_ratio_bound(GOALS["fast"], gain), over("fast", official), missing("fast"))  # fmt: skip
+    add("float32 fast path / our default path, images/s", host.fast_over_default_bound(ratio), over("fast", ours),
+        "not measured (fast not run)" if "fast" not in rows else "not measured (ours not run)")  # fmt: skip
+    goal = f"bf16 autocast / the official engine, images/s (issue: >= {GOALS['bf16']:g}x)"
+    precision = found.get("bf16")
+    product = precision["speedup"] if precision else None
+    if precision is None or product is None or product >= host.GAIN:
+        bound = host.speed_ratio_bound(GOALS["bf16"], product if product is not None else float("inf"))
+        add(goal, bound, over("bf16", official), missing("bf16"))
+    else:
+        warned = bool(precision["warned"])
+        value = over("bf16", official)
+        measured = f"{value:.2f}x, " if value is not None else ""
+        said = "warned" if warned else "NOT warned"
+        lines.append(
+            f"| {goal}: bf16 products take {1 / product:.1f}x float32's time here, so the goal becomes a warning "
+            f"before the run | warns | {measured}{said} | {'met' if warned else 'missed'} |"
+        )
     goal = f"bf16 loss within {100 * GOALS['curve']:g} % of float32 at every step"
     if curve and "bf16" in curve["max_rel_diff"]:
         gap = curve["max_rel_diff"]["bf16"]
         steps = f"{curve['steps']} steps, {curve['model']} model"
-        lines.append(f"| {goal} ({steps}) | {gap:.1e} | {'met' if gap <= GOALS['curve'] else 'missed'} |")
+        lines.append(
+            f"| {goal} ({steps}) | <= {GOALS['curve']:g} | {gap:.1e} | {'met' if gap <= GOALS['curve'] else 'missed'} |"
+        )
     else:
-        lines.append(f"| {goal} | not measured (bf16 not run) | - |")
+        lines.append(f"| {goal} | <= {GOALS['curve']:g} | not measured (bf16 not run) | - |")
     return lines
 
 
@@ -439,6 +480,8 @@ def report(results: dict[str, Any]) -> str:
             _ratio(row["images_per_s"], official), "-" if peak is None else f"{peak / 1e9:.3g}", timed,
         ]  # fmt: skip
         lines.append("| " + " | ".join(cells) + " |")
+    if "fast_path" in results:
+        lines += ["", f"The fast path's choices in this run: {results['fast_path']}."]
     lines += ["", *goals(results), ""]
     if official is None:
         lines.append("The official engine was not run (MAE_OFFICIAL_REPO unset): ours only.")
@@ -498,10 +541,16 @@ def main(argv: list[str] | None = None) -> int:
             notes.append(f"official engine left out: {reason}")
     for note in notes:
         print(f"[train] {note}", file=sys.stderr)
+    if "bf16" in args.variants:
+        warn_if_reduced_precision_is_slow(torch.bfloat16, device, "--dtype", training=True)
     start_load = os.getloadavg()[0]
-    results: dict[str, Any] = {"host": host(device), "device": str(device), "notes": notes,
+    results: dict[str, Any] = {"host": host.describe(device), "device": str(device), "notes": notes,
                                "args": {k: v for k, v in vars(args).items() if k != "json"}}  # fmt: skip
+    print(f"[train] {results['host']}", file=sys.stderr)
+    results["ceilings"] = ceilings(args, device)
     results["steps"] = bench_steps(args, device)
+    if "fast" in args.variants:
+        results["fast_path"] = fast_path_summary()
     if args.curve_steps > 0:
         results["curve"] = loss_curves(args, device)
     results["load_average"] = [start_load, os.getloadavg()[0]]

@@ -1,4 +1,5 @@
-"""The `mae` command line (also `python -m mae`): pretrain, plot, verify, reconstruct, inspect, convert, download.
+"""The `mae` command line (also `python -m mae`): pretrain, finetune, linprobe, evaluate, plot, verify,
+reconstruct, inspect, convert, download.
 
 Each training command's flags are defined beside its trainer (`mae.train.pretrain.add_arguments`); this
 module only registers the sub-commands.
@@ -44,7 +45,8 @@ def _add_precision(parser: argparse.ArgumentParser) -> None:
         "--dtype",
         choices=["float32", "bfloat16", "float16"],
         default="float32",
-        help="autocast precision of the forwards (float32: none)",
+        help="autocast precision of the forwards (float32: none); warned about where it is slower than float32 on "
+        "this CPU (measured before the run)",
     )
 
 
@@ -157,6 +159,24 @@ def _pretrain(args: argparse.Namespace) -> int:
     return run(args)
 
 
+def _finetune(args: argparse.Namespace) -> int:
+    from .train.finetune import run
+
+    return run(args)
+
+
+def _linprobe(args: argparse.Namespace) -> int:
+    from .train.linprobe import run
+
+    return run(args)
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from .train.evaluate import run
+
+    return run(args)
+
+
 def _plot(args: argparse.Namespace) -> int:
     from .plot import plot_log
 
@@ -179,6 +199,36 @@ def build_parser() -> argparse.ArgumentParser:
     add_pretrain_arguments(p)
     p.set_defaults(func=_pretrain)
 
+    from .train.evaluate import add_arguments as add_evaluate_arguments
+    from .train.finetune import add_arguments as add_finetune_arguments
+    from .train.linprobe import add_arguments as add_linprobe_arguments
+
+    p = commands.add_parser(
+        "finetune",
+        help="fine-tune a pre-trained MAE encoder for classification: the official main_finetune.py recipe and flags",
+        description="The official fine-tuning recipe (He et al., 2022, §4, A.2) under the main_finetune.py flag "
+        "names: RandAugment, Mixup/CutMix, layer-wise lr decay, evaluation every epoch. Under torchrun it runs DDP.",
+    )
+    add_finetune_arguments(p)
+    p.set_defaults(func=_finetune)
+
+    p = commands.add_parser(
+        "linprobe",
+        help="linear-probe a frozen pre-trained MAE encoder: the official main_linprobe.py protocol and flags",
+        description="The official linear-probing protocol (He et al., 2022, A.3) under the main_linprobe.py flag "
+        "names: frozen encoder, BatchNorm + linear head on the class token, LARS. Under torchrun it runs DDP.",
+    )
+    add_linprobe_arguments(p)
+    p.set_defaults(func=_linprobe)
+
+    p = commands.add_parser(
+        "evaluate",
+        help="top-1/top-5 accuracy and loss of a fine-tuned or linear-probe checkpoint on a folder of images",
+        description="Evaluate a classifier checkpoint (official or ours) with the official evaluation transform.",
+    )
+    add_evaluate_arguments(p)
+    p.set_defaults(func=_evaluate)
+
     p = commands.add_parser("plot", help="draw the loss and lr curves of a run's log.txt")
     p.add_argument("log", type=Path, help="OUTPUT/log.txt (or the OUTPUT folder)")
     p.add_argument("-o", "--output", type=Path, default=Path("curve.png"))
@@ -190,7 +240,11 @@ def build_parser() -> argparse.ArgumentParser:
         description="Compare keys, shapes, forward outputs and losses with transformers, timm and (with "
         "$MAE_OFFICIAL_REPO set) the official code. Exits non-zero on any failure.",
     )
-    p.add_argument("--variant", choices=["base", "large", "huge", "all"], default="all")
+    p.add_argument(
+        "--variant",
+        default="all",
+        help="base, large, huge, any registered model name (e.g. mae_vit_small_patch16), or all (the default)",
+    )
     p.add_argument("--report", type=Path, help="also write the table to FILE (.json for JSON, else Markdown)")
     _add_precision(p)
     p.set_defaults(func=_verify)
@@ -215,7 +269,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", type=Path, default=Path("reconstruction.png"))
     _add_precision(p)
     p.add_argument(
-        "--onednn", action="store_true", help="float32 CPU fast path: linear layers by oneDNN (mae.set_onednn_linear)"
+        "--onednn",
+        "--fast",
+        dest="onednn",
+        action="store_true",
+        help="float32 CPU fast path (mae.set_onednn_linear): each linear product by MKL or oneDNN, whichever times "
+        "faster on this CPU; the figure says what it chose",
     )
     p.set_defaults(func=_reconstruct)
 

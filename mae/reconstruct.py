@@ -21,8 +21,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from .cpu import warn_if_reduced_precision_is_slow
 from .mae import MaskedAutoencoderViT
-from .onednn import set_onednn_linear
+from .onednn import fast_path_summary, recording_choices, set_onednn_linear
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -169,11 +170,14 @@ def run(
     """Build or load the model, reconstruct, write the PNG. Returns the path and the figure's notes.
 
     norm_pix: the model's target; None takes it from the official file name when it tells, else False.
-    onednn: run the linear layers through oneDNN (`mae.set_onednn_linear`; float32 on the CPU only).
+    onednn: the float32 CPU fast path (`mae.set_onednn_linear`: each product shape by MKL or oneDNN, whichever
+    times faster here); the figure's notes say what it chose. A bf16/float16 `dtype` that is slower than
+    float32 on this CPU is warned about before any work.
     """
     device = device or torch.device("cpu")
     if onednn and (device.type != "cpu" or dtype != torch.float32):
         raise ValueError("--onednn is a float32 CPU fast path: drop it, or use --device cpu --dtype float32")
+    warn_if_reduced_precision_is_slow(dtype, device, "--dtype", training=False)
     from .checkpoint import inspect_checkpoint
     from .models import create_model
     from .train.run_checkpoint import model_spec
@@ -207,8 +211,12 @@ def run(
     model = model.to(device)
     if onednn:
         set_onednn_linear(model, True)
-        notes.append("linear layers by oneDNN (float32, within 1e-5 of the default path)")
-    result = reconstruct(model, load_image(photo, model.config.img_size), mask_ratio, seed, dtype)
+    with recording_choices() as chosen:
+        result = reconstruct(model, load_image(photo, model.config.img_size), mask_ratio, seed, dtype)
+    if onednn:
+        # Đường nhanh: mỗi kích thước phép nhân chạy bằng thư viện nhanh hơn trên CPU này (MKL hoặc oneDNN).
+        summary = fast_path_summary(chosen).removeprefix("oneDNN fast path: ")
+        notes.append(f"linear layers by oneDNN or MKL, the fast path (within 1e-5 of the default path): {summary}")
     if dtype != torch.float32:
         notes.append(f"forward in {str(dtype).removeprefix('torch.')} autocast")
     label = Path(checkpoint).name if checkpoint is not None else f"{model_name} (random init)"

@@ -1,17 +1,23 @@
 """`mae verify`: prove this implementation equal to the independent references on this machine.
 
 For each variant it checks, against every reference that is installed:
-- keys: the official key counts and order, the encoder's keys against timm's MAE encoder, every shape
-  against transformers' `ViTMAEForPreTraining`; LayerNorm eps 1e-6 everywhere;
+- keys: the official key counts (pinned for the official variants; the layout's counts for any other),
+  the encoder's keys against timm's MAE encoder (official variants), every key's order and shape against
+  transformers' `ViTMAEForPreTraining` built from the same configuration; LayerNorm eps 1e-6 everywhere;
 - forward: under a shared seed, mask and pred (and loss) bit-equal to transformers for mask ratios
-  0.75 / 0 / 0.9 and both reconstruction targets; the opt-in oneDNN fast path (float32, CPU) with
-  the same masks and loss and pred within 1e-5 + 1e-5 x |value|;
+  0.75 / 0 / 0.9 and both reconstruction targets; the opt-in oneDNN fast path (float32, CPU; every
+  product by oneDNN) with the same masks and loss and pred within 1e-5 + 1e-5 x |value|, and, as
+  information, which library the fast path chooses for each product shape on this CPU;
 - encoder: full-image features against timm, bit-equal (the same kernels on the same shapes);
 - random-init loss: ViT-L on a noise image lands in [1.6, 1.95] (about 1.74) and equals transformers';
-- official: with $MAE_OFFICIAL_REPO set, the same seed gives bit-identical weights and outputs;
+- official: with $MAE_OFFICIAL_REPO set, the same seed gives bit-identical weights and outputs (the
+  official factory for the official variants, the official class with the same configuration otherwise);
 - checkpoints in data/ ($MAE_HOME): the loss of the official ViT-L files on the same noise image,
   encoder-only about 1.87 (the decoder is random) and full about 1.0; skipped, with the download
   command, when the files are absent.
+
+The variants are those of the registry (`mae.models.register_model`): the official ones under their short
+keys (`--variant base`), every other under its model name (`--variant mae_vit_small_patch16`).
 
 The references live in the repository's `reference/` package and need the `verify` extra
 (transformers, timm); they are imported here only.
@@ -25,24 +31,25 @@ import json
 import math
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from .checkpoint import is_decoder_key
+from .config import MAEConfig
+from .cpu import warn_if_reduced_precision_is_slow
 from .files import data_dir
 from .mae import MaskedAutoencoderViT
-from .models import create_model
-from .onednn import onednn_available, set_onednn_linear
+from .models import create_model, get_variant, list_variants
+from .onednn import fast_path_summary, onednn_available, recording_choices, set_onednn_linear
 
-VARIANTS = {
-    "base": ("mae_vit_base_patch16", "ViT-B/16"),
-    "large": ("mae_vit_large_patch16", "ViT-L/16"),
-    "huge": ("mae_vit_huge_patch14", "ViT-H/14"),
-}
+# The official variants: short key -> model name. Their facts below are those of the official release,
+# pinned here, never derived; every other registered variant is verified under its model name.
+OFFICIAL_VARIANTS = {"base": "mae_vit_base_patch16", "large": "mae_vit_large_patch16", "huge": "mae_vit_huge_patch14"}
 # Official key counts (total, encoder, decoder) and parameter counts.
 KEY_COUNTS = {"base": (254, 150, 104), "large": (398, 294, 104), "huge": (494, 390, 104)}
 PARAM_COUNTS = {"base": 111_907_840, "large": 329_541_888, "huge": 657_074_508}
@@ -58,6 +65,44 @@ CPU = torch.device("cpu")
 REDUCED_PRECISION_LOSS = 0.01  # in bf16/fp16 autocast, losses must agree within 1 % (relative)
 # The oneDNN fast path (mae/onednn.py) sums in another order: loss and pred within atol + rtol x |value|.
 FAST_PATH_ATOL, FAST_PATH_RTOL = 1e-5, 1e-5
+
+
+class _VariantTable(Mapping[str, tuple[str, str]]):
+    """`--variant` key -> (model name, label) for every registered variant, read from the registry at each
+    use: a variant registered after this module was imported is verified like the others."""
+
+    def _table(self) -> dict[str, tuple[str, str]]:
+        keys = {name: key for key, name in OFFICIAL_VARIANTS.items()}
+        return {keys.get(v.name, v.name): (v.name, v.display) for v in list_variants()}
+
+    def __getitem__(self, key: str) -> tuple[str, str]:
+        return self._table()[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._table())
+
+    def __len__(self) -> int:
+        return len(self._table())
+
+
+VARIANTS: Mapping[str, tuple[str, str]] = _VariantTable()
+
+
+def resolve_variant(variant: str) -> str:
+    """The `--variant` key of a key ("base") or of any registered name or alias ("mae_vit_base_patch16_dec512d8b").
+
+    An unknown one raises ValueError listing the valid keys.
+    """
+    if variant in VARIANTS:
+        return variant
+    try:
+        name = get_variant(variant).name
+    except ValueError:
+        raise ValueError(
+            f"unknown variant {variant!r}; valid: {', '.join(VARIANTS)}, any registered model name "
+            "(mae.list_models()), or all"
+        ) from None
+    return {n: key for key, n in OFFICIAL_VARIANTS.items()}.get(name, name)
 
 
 @dataclass(frozen=True)
@@ -119,22 +164,41 @@ def _max_diff(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a - b).abs().nan_to_num(0.0).max()) if a.numel() else 0.0
 
 
-def _check_keys(variant: str, model: MaskedAutoencoderViT) -> list[Check]:
-    rows = []
+def _layout_key_counts(config: MAEConfig) -> tuple[int, int, int]:
+    """(total, encoder, decoder) key counts of the official layout for any configuration: 12 tensors a
+    block; the encoder adds cls_token, pos_embed, the patch projection and its norm (6), the decoder
+    mask_token, decoder_pos_embed, decoder_embed, decoder_norm and decoder_pred (8)."""
+    encoder, decoder = 6 + 12 * config.depth, 8 + 12 * config.decoder_depth
+    return encoder + decoder, encoder, decoder
+
+
+def _check_counts(variant: str, model: MaskedAutoencoderViT) -> Check:
     sd = model.state_dict()
     n_dec = sum(is_decoder_key(k) for k in sd)
     counts = (len(sd), len(sd) - n_dec, n_dec)
     params = sum(t.numel() for t in sd.values())
-    ok = counts == KEY_COUNTS[variant] and params == PARAM_COUNTS[variant]
-    rows.append(
-        Check(
-            variant,
-            "keys: official counts",
-            "official",
-            "pass" if ok else "FAIL",
-            f"{counts[0]}/{counts[1]}/{counts[2]} keys, {params:,} parameters",
+    detail = f"{counts[0]}/{counts[1]}/{counts[2]} keys, {params:,} parameters"
+    if variant in KEY_COUNTS:
+        ok = counts == KEY_COUNTS[variant] and params == PARAM_COUNTS[variant]
+        return Check(variant, "keys: official counts", "official", "pass" if ok else "FAIL", detail)
+    if get_variant(VARIANTS[variant][0]).official:
+        return Check(
+            variant, "keys: official counts", "official", "FAIL", f"{detail}; no official counts are pinned for it"
         )
+    expected = _layout_key_counts(model.config)
+    ok = counts == expected
+    return Check(
+        variant,
+        "keys: counts",
+        "official layout",
+        "pass" if ok else "FAIL",
+        detail + ("" if ok else f"; expected {expected[0]}/{expected[1]}/{expected[2]} keys"),
     )
+
+
+def _check_keys(variant: str, model: MaskedAutoencoderViT) -> list[Check]:
+    rows = [_check_counts(variant, model)]
+    sd = model.state_dict()
     norms = [m for m in model.modules() if isinstance(m, nn.LayerNorm)]
     bad = [m.eps for m in norms if m.eps != 1e-6]
     rows.append(
@@ -146,7 +210,7 @@ def _check_keys(variant: str, model: MaskedAutoencoderViT) -> list[Check]:
             f"{len(norms)} LayerNorms, eps 1e-6" + (f"; found {sorted(set(bad))}" if bad else ""),
         )
     )
-    if _installed("timm"):
+    if _installed("timm") and variant in OFFICIAL_VARIANTS:
         from reference.timm_encoder import timm_encoder_keys
 
         theirs = timm_encoder_keys(variant)
@@ -160,20 +224,22 @@ def _check_keys(variant: str, model: MaskedAutoencoderViT) -> list[Check]:
     if _installed("transformers"):
         from transformers import ViTMAEForPreTraining
 
-        from reference.hf import hf_config, official_to_hf
+        from reference.hf import hf_config, hf_to_official, official_to_hf
 
         with torch.device("meta"):
             hf = ViTMAEForPreTraining(hf_config(model.config))
-        theirs_shapes = {k: tuple(v.shape) for k, v in hf.state_dict().items()}
+            hf_sd = hf.state_dict()
+            official_order = list(hf_to_official(hf_sd))  # the official registration order, from their keys
+        theirs_shapes = {k: tuple(v.shape) for k, v in hf_sd.items()}
         ours_shapes = {k: tuple(v.shape) for k, v in official_to_hf(sd).items()}
-        ok = ours_shapes == theirs_shapes
+        ok = ours_shapes == theirs_shapes and list(sd) == official_order
         rows.append(
             Check(
                 variant,
                 "keys: all shapes",
                 "transformers",
                 "pass" if ok else "FAIL",
-                f"{len(theirs_shapes)} tensors after the q/k/v split",
+                f"{len(theirs_shapes)} tensors after the q/k/v split; {len(sd)} keys in the official order",
             )
         )
     return rows
@@ -224,6 +290,7 @@ def _check_transformers(variant: str, model: MaskedAutoencoderViT, imgs: torch.T
     if fast is not None:
         rows.append(Check(variant, name, "transformers", "skip", fast))
     else:
+        rows.append(_fast_path_choice(variant, model, imgs))
         rows.append(
             Check(
                 variant,
@@ -247,13 +314,25 @@ def _fast_path_reason(setting: Setting) -> str | None:
 
 
 def _onednn_forward(model: MaskedAutoencoderViT, imgs: torch.Tensor, ratio: float) -> tuple[torch.Tensor, ...]:
-    set_onednn_linear(model, True)
+    set_onednn_linear(model, True, mode="always")  # every product by oneDNN: the route whose tolerance is held
     try:
         with torch.no_grad():
             torch.manual_seed(0)
             return tuple(model(imgs, mask_ratio=ratio))
     finally:
         set_onednn_linear(model, False)
+
+
+def _fast_path_choice(variant: str, model: MaskedAutoencoderViT, imgs: torch.Tensor) -> Check:
+    """What `set_onednn_linear(model, True)` chooses on this CPU for this forward (timed at first use)."""
+    set_onednn_linear(model, True)
+    try:
+        with torch.no_grad(), recording_choices() as chosen:
+            torch.manual_seed(0)
+            model(imgs, mask_ratio=0.75)
+    finally:
+        set_onednn_linear(model, False)
+    return Check(variant, "fast path: its choice on this CPU", "-", "info", fast_path_summary(chosen))
 
 
 def _within_fast_path_tolerance(a: tuple[torch.Tensor, ...], b: tuple[torch.Tensor, ...]) -> bool:
@@ -267,6 +346,10 @@ def _within_fast_path_tolerance(a: tuple[torch.Tensor, ...], b: tuple[torch.Tens
 
 
 def _check_timm(variant: str, model: MaskedAutoencoderViT, imgs: torch.Tensor, setting: Setting) -> Check:
+    if variant not in OFFICIAL_VARIANTS:
+        return Check(
+            variant, "encoder features", "timm", "skip", "timm names MAE encoders for the official variants only"
+        )
     from reference.timm_encoder import build_timm_encoder
 
     encoder = build_timm_encoder(variant, {k: v for k, v in model.state_dict().items() if not is_decoder_key(k)})
@@ -319,8 +402,13 @@ def _check_official(variant: str, model: MaskedAutoencoderViT, imgs: torch.Tenso
     reason = official.skip_reason()
     if reason:
         return [Check(variant, "weights and forward", "official", "skip", reason)]
+    if variant not in OFFICIAL_VARIANTS and model.config.in_chans != 3:
+        return [Check(variant, "weights and forward", "official", "skip", "the official patchify needs 3 channels")]
     torch.manual_seed(0)
-    theirs = official.build_official(variant).eval()
+    if variant in OFFICIAL_VARIANTS:
+        theirs = official.build_official(variant).eval()
+    else:  # the official class, built from this variant's configuration
+        theirs = official.build_official_custom(**_official_kwargs(model.config)).eval()
     sd_t, sd_o = theirs.state_dict(), model.state_dict()
     same_weights = list(sd_t) == list(sd_o) and all(torch.equal(sd_t[k], sd_o[k].cpu()) for k in sd_t)
     theirs.to(setting.device)
@@ -350,9 +438,28 @@ def _check_official(variant: str, model: MaskedAutoencoderViT, imgs: torch.Tenso
     ]
 
 
-def noise_image() -> torch.Tensor:
-    """The verification input: a 1x3x224x224 standard-normal image, seed 0."""
-    return torch.randn(1, 3, 224, 224, generator=torch.Generator().manual_seed(0))
+def _official_kwargs(config: MAEConfig) -> dict[str, object]:
+    """The official `MaskedAutoencoderViT` keyword arguments of a configuration."""
+    return dict(
+        img_size=config.img_size,
+        patch_size=config.patch_size,
+        in_chans=config.in_chans,
+        embed_dim=config.embed_dim,
+        depth=config.depth,
+        num_heads=config.num_heads,
+        decoder_embed_dim=config.decoder_embed_dim,
+        decoder_depth=config.decoder_depth,
+        decoder_num_heads=config.decoder_num_heads,
+        mlp_ratio=config.mlp_ratio,
+        norm_layer=partial(nn.LayerNorm, eps=config.norm_eps),
+        norm_pix_loss=config.norm_pix_loss,
+    )
+
+
+def noise_image(config: MAEConfig | None = None) -> torch.Tensor:
+    """The verification input: a standard-normal image, seed 0; 1x3x224x224, or the size of `config`."""
+    chans, size = (3, 224) if config is None else (config.in_chans, config.img_size)
+    return torch.randn(1, chans, size, size, generator=torch.Generator().manual_seed(0))
 
 
 def checkpoint_loss(path: Path, name: str) -> float:
@@ -390,7 +497,7 @@ def verify_variant(variant: str, progress: Callable[[str], None], setting: Setti
     torch.manual_seed(0)
     model = create_model(name).eval().to(setting.device)
     progress(f"{label}: built {name} in {time.perf_counter() - start:.1f} s ({setting.describe()})")
-    imgs = noise_image().to(setting.device)
+    imgs = noise_image(model.config).to(setting.device)
     rows = _check_keys(variant, model)
     if _installed("transformers"):
         progress(f"{label}: forward against transformers")
@@ -420,9 +527,26 @@ def format_table(rows: list[Check]) -> str:
     return "\n".join(lines)
 
 
+# The rows of `_check_official` that ran the official code (its other "official" rows are pinned facts).
+_OFFICIAL_CODE_CHECKS = ("same-seed weights", "forward")
+
+
+def _ran_a_reference(row: Check) -> bool:
+    """Whether a row compared against a reference's code: transformers, timm, or the official checkout. The
+    pinned official facts (key counts, LayerNorm eps) hold without any reference installed, so they do not count."""
+    if row.status not in ("pass", "FAIL"):
+        return False
+    return row.reference in ("transformers", "timm") or (
+        row.reference == "official" and row.check in _OFFICIAL_CODE_CHECKS
+    )
+
+
 def run(variants: list[str], report: Path | None = None, setting: Setting | None = None) -> int:
-    """Run the checks, print the table, write the report; exit status 0 only if nothing failed."""
+    """Run the checks, print the table, write the report; exit status 0 only if nothing failed and at least one
+    reference ran (without any, it says so and returns 1)."""
     setting = setting or Setting()
+    variants = [resolve_variant(v) for v in variants]  # an unknown name fails before any work
+    warn_if_reduced_precision_is_slow(setting.dtype, setting.device, "--dtype", training=False)
 
     def progress(message: str) -> None:
         print(f"[mae verify] {message}", file=sys.stderr, flush=True)
@@ -433,7 +557,7 @@ def run(variants: list[str], report: Path | None = None, setting: Setting | None
     table = format_table(rows)
     print(table)
     failed = [r for r in rows if r.status == "FAIL"]
-    parity_ran = any(r.reference in ("transformers", "timm", "official") and r.status != "skip" for r in rows)
+    parity_ran = any(_ran_a_reference(r) for r in rows)
     if not parity_ran:
         print("no reference is installed, so nothing was compared: pip install 'mae[verify]'", file=sys.stderr)
     summary = (

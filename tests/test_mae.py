@@ -1,10 +1,13 @@
 """The full MAE: official keys and sizes, the initialisation recipe, forward parity with transformers for
-every variant, the manual attention path, the random-init loss, and errors for bad input."""
+every registered variant, the manual attention path, the random-init loss, and errors for bad input.
+
+The per-variant checks here run over the registry (`helpers.variant_params`); `tests/test_variants.py` has
+the rest (key order, initialisation statistics and draw order, `mae verify`, the models table) and shows
+that a newly registered variant is covered by all of them. The official counts stay pinned here."""
 
 from __future__ import annotations
 
 import dataclasses
-import math
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -13,8 +16,7 @@ import torch
 from torch import nn
 
 import mae
-from helpers import VARIANTS, full_model, small_config
-from mae.pos_embed import get_2d_sincos_pos_embed
+from helpers import VARIANTS, full_model, model_name, small_config, variant_params
 
 # Official key counts (total, encoder, decoder) and parameter counts: DEVELOPERS.md "Hard facts".
 KEY_COUNTS = {"base": (254, 150, 104), "large": (398, 294, 104), "huge": (494, 390, 104)}
@@ -27,7 +29,7 @@ BLOCK_SUFFIXES = [
 
 def meta_model(variant: str) -> mae.MaskedAutoencoderViT:
     with torch.device("meta"):
-        return mae.create_model(VARIANTS[variant])
+        return mae.create_model(model_name(variant))
 
 
 def official_key_order(encoder_keys: list[str], decoder_depth: int) -> list[str]:
@@ -70,7 +72,7 @@ def test_keys_in_official_order_and_encoder_equals_timm(variant: str) -> None:
     assert [n for n, _ in model.named_parameters()] == expected
 
 
-@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("variant", variant_params())
 def test_shapes_equal_transformers(variant: str) -> None:
     from transformers import ViTMAEForPreTraining
 
@@ -83,7 +85,7 @@ def test_shapes_equal_transformers(variant: str) -> None:
     assert ours == {k: tuple(v.shape) for k, v in hf.state_dict().items()}
 
 
-@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("variant", variant_params())
 def test_every_layernorm_has_eps_1e6(variant: str) -> None:
     model = meta_model(variant)
     norms = [m for m in model.modules() if isinstance(m, nn.LayerNorm)]
@@ -103,63 +105,7 @@ def test_official_method_names_and_attributes(tiny: mae.MaskedAutoencoderViT) ->
 
 # ------------------------------------------------------------------------------------- initialisation
 
-
-def test_initialisation_recipe_statistics() -> None:
-    model = full_model("base")
-    c = model.config
-    assert torch.equal(model.pos_embed[0], get_2d_sincos_pos_embed(c.embed_dim, c.grid_size, cls_token=True))
-    assert torch.equal(
-        model.decoder_pos_embed[0], get_2d_sincos_pos_embed(c.decoder_embed_dim, c.grid_size, cls_token=True)
-    )
-    fixed = {"pos_embed", "decoder_pos_embed"}
-    assert {n for n, p in model.named_parameters() if not p.requires_grad} == fixed
-    for name, m in model.named_modules():
-        if isinstance(m, nn.Linear):
-            bound = math.sqrt(6.0 / (m.in_features + m.out_features))
-            assert m.weight.abs().max() <= bound, name
-            assert abs(m.weight.std().item() - bound / math.sqrt(3)) < 0.02 * bound, name
-            assert torch.all(m.bias == 0), name
-        elif isinstance(m, nn.LayerNorm):
-            assert torch.all(m.weight == 1) and torch.all(m.bias == 0), name
-    # Patch projection: xavier on the flattened [D, C*p*p] view (fan_out = D, not D*p*p).
-    w = model.patch_embed.proj.weight
-    bound = math.sqrt(6.0 / (w.shape[0] + w[0].numel()))
-    assert w.abs().max() <= bound and abs(w.std().item() - bound / math.sqrt(3)) < 0.02 * bound
-    assert w.abs().max() > math.sqrt(6.0 / (w.shape[0] * 16 * 16 + w[0].numel()))  # not the conv fans
-    # Its bias keeps Conv2d's default U(-1/sqrt(fan_in), 1/sqrt(fan_in)), as in the official model.
-    b = model.patch_embed.proj.bias
-    assert b.abs().max() <= 1 / math.sqrt(w[0].numel()) and b.abs().min() > 0
-    for token in (model.cls_token, model.mask_token):
-        assert abs(token.std().item() - 0.02) < 0.003 and abs(token.mean().item()) < 0.003
-
-
-def test_random_draws_come_in_the_official_order(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The order of every random draw, construction and initialisation, as in the official model
-    (models_mae.py): without it, the same seed would not give the official weights. Checked without the
-    official code; tests/test_official.py checks the weights themselves when it is available."""
-    calls: list[tuple[str, int]] = []
-    for name in ("kaiming_uniform_", "uniform_", "xavier_uniform_", "normal_"):
-        original = getattr(nn.init, name)
-
-        def record(tensor: torch.Tensor, *args: object, _name: str = name, _f: object = original, **kw: object):
-            calls.append((_name, tensor.data_ptr()))
-            return _f(tensor, *args, **kw)  # type: ignore[operator]
-
-        monkeypatch.setattr(nn.init, name, record)
-    model = mae.MaskedAutoencoderViT(small_config(depth=2, decoder_depth=2))
-    names = {p.data_ptr(): n for n, p in model.named_parameters()}
-    drawn = [(f, names[ptr]) for f, ptr in calls]
-
-    def linears(prefix: str, depth: int) -> list[str]:
-        return [f"{prefix}.{i}.{m}" for i in range(depth) for m in ("attn.qkv", "attn.proj", "mlp.fc1", "mlp.fc2")]
-
-    layers = [*linears("blocks", 2), "decoder_embed", *linears("decoder_blocks", 2), "decoder_pred"]
-    construction = [("kaiming_uniform_", "patch_embed.proj.weight"), ("uniform_", "patch_embed.proj.bias")]
-    for layer in layers:
-        construction += [("kaiming_uniform_", f"{layer}.weight"), ("uniform_", f"{layer}.bias")]
-    recipe = [("xavier_uniform_", "patch_embed.proj.weight"), ("normal_", "cls_token"), ("normal_", "mask_token")]
-    recipe += [("xavier_uniform_", f"{layer}.weight") for layer in layers]
-    assert drawn == construction + recipe
+# The recipe's statistics and the order of its random draws, for every registered variant: test_variants.py.
 
 
 def test_same_seed_same_weights_other_seed_other_weights() -> None:
@@ -193,16 +139,14 @@ def assert_same_loss(ours: torch.Tensor, theirs: torch.Tensor) -> None:
     assert torch.equal(ours, theirs) or (ours.isnan() and theirs.isnan()), (ours, theirs)
 
 
-@pytest.mark.parametrize(
-    "variant",
-    [pytest.param(v, marks=pytest.mark.xdist_group(v)) for v in VARIANTS],
-)
+@pytest.mark.parametrize("variant", variant_params())
 def test_forward_equals_transformers_bit_for_bit(variant: str) -> None:
     from reference.hf import build_hf, hf_forward
 
     model = full_model(variant)
     hf = build_hf(model.config, model.state_dict())
-    imgs = torch.randn(1, 3, 224, 224, generator=torch.Generator().manual_seed(1))
+    c = model.config
+    imgs = torch.randn(1, c.in_chans, c.img_size, c.img_size, generator=torch.Generator().manual_seed(1))
     length = model.config.num_patches
     with torch.no_grad():
         for ratio in (0.75, 0.0, 0.9):
@@ -227,13 +171,11 @@ def test_forward_equals_transformers_bit_for_bit(variant: str) -> None:
     assert torch.equal(mask, theirs[2]) and torch.equal(pred, theirs[1]) and torch.equal(loss, theirs[0])
 
 
-@pytest.mark.parametrize(
-    "variant",
-    [pytest.param(v, marks=pytest.mark.xdist_group(v)) for v in VARIANTS],
-)
+@pytest.mark.parametrize("variant", variant_params())
 def test_manual_attention_path_within_1e5(variant: str) -> None:
     model = full_model(variant)
-    imgs = torch.randn(1, 3, 224, 224, generator=torch.Generator().manual_seed(1))
+    c = model.config
+    imgs = torch.randn(1, c.in_chans, c.img_size, c.img_size, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         torch.manual_seed(7)
         loss, pred, mask = model(imgs)

@@ -1,7 +1,9 @@
-"""The oneDNN fast path: within 1e-5 of the default path and of transformers; a switch that changes nothing else."""
+"""The oneDNN fast path: within 1e-5 of the default path and of transformers; a switch that changes nothing else;
+in its default mode, each product shape by the library that timed faster here (MKL or oneDNN), chosen once."""
 
 from __future__ import annotations
 
+import logging
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -14,11 +16,28 @@ from hypothesis import strategies as st
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import mae
+import mae.cpu
 from helpers import VARIANTS, full_model, small_config
-from mae.onednn import OneDNNLinear, onednn_available, onednn_linear, set_onednn_linear, uses_onednn_linear
+from mae import onednn as onednn_module
+from mae.onednn import (
+    Choice,
+    FastestLinear,
+    Mode,
+    OneDNNLinear,
+    fast_path_choices,
+    fast_path_summary,
+    fastest_linear,
+    forget_fast_path_choices,
+    onednn_available,
+    onednn_linear,
+    recording_choices,
+    set_onednn_linear,
+    uses_onednn_linear,
+)
 
 needs_onednn = pytest.mark.skipif(not onednn_available(), reason="this PyTorch build has no oneDNN")
 TOLERANCE = {"atol": 1e-5, "rtol": 1e-5}  # the stated tolerance of the fast path (README, mae/onednn.py)
+MODES: tuple[Mode, ...] = ("always", "fastest")
 
 
 class _CountOps(TorchDispatchMode):
@@ -33,9 +52,18 @@ class _CountOps(TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
+@pytest.fixture(autouse=True)
+def _fresh_choices() -> Iterator[None]:
+    """Every test starts with no product shape timed (the choices are per process)."""
+    forget_fast_path_choices()
+    yield
+    forget_fast_path_choices()
+
+
 @contextmanager
 def onednn(model: torch.nn.Module) -> Iterator[torch.nn.Module]:
-    set_onednn_linear(model, True)
+    """Every float32 product by oneDNN: the path whose tolerance these tests hold."""
+    set_onednn_linear(model, True, mode="always")
     try:
         yield model
     finally:
@@ -132,12 +160,13 @@ def test_the_operator_passes_opcheck() -> None:
 @needs_onednn
 @pytest.mark.parametrize("shape", [(5, 8), (2, 3, 8), (2, 2, 3, 8), (0, 8)])
 @pytest.mark.parametrize("bias", [True, False])
-def test_backward_formulas_equal_autograd_of_f_linear(shape: tuple[int, ...], bias: bool) -> None:
+@pytest.mark.parametrize("mode", MODES)
+def test_backward_formulas_equal_autograd_of_f_linear(shape: tuple[int, ...], bias: bool, mode: Mode) -> None:
     layer = torch.nn.Linear(8, 6, bias=bias)
     x = torch.randn(shape, requires_grad=True)
     grad_out = torch.randn(*shape[:-1], 6)
     expected = torch.autograd.grad(layer(x), [x, *layer.parameters()], grad_out)
-    set_onednn_linear(layer, True)
+    set_onednn_linear(layer, True, mode=mode)
     got = torch.autograd.grad(layer(x), [x, *layer.parameters()], grad_out)
     for a, b in zip(got, expected, strict=True):
         torch.testing.assert_close(a, b, **TOLERANCE)
@@ -168,10 +197,15 @@ def test_switch_keeps_modules_parameters_and_state_dict() -> None:
     imgs, noise = torch.randn(1, 3, 32, 32), torch.rand(1, 16)
     with torch.no_grad():
         before = model(imgs, noise=noise)
-        assert set_onednn_linear(model, True) is model
+        assert set_onednn_linear(model, True, mode="always") is model
+        assert {type(m) for m in model.modules() if isinstance(m, torch.nn.Linear)} == {
+            OneDNNLinear,
+            torch.nn.modules.linear.NonDynamicallyQuantizableLinear,
+        }
+        assert set_onednn_linear(model, True) is model  # the default mode; from one mode to the other
         set_onednn_linear(model, True)  # twice is the same as once
         assert uses_onednn_linear(model)
-        switched = [n for n, m in model.named_modules() if type(m) is OneDNNLinear]
+        switched = [n for n, m in model.named_modules() if type(m) is FastestLinear]
         assert len(switched) == _linear_count(model) - 1 and "extra.out_proj" not in switched
         assert dict(model.named_modules()) == modules  # the same objects under the same names
         assert all(p is params[n] for n, p in model.named_parameters())
@@ -180,7 +214,7 @@ def test_switch_keeps_modules_parameters_and_state_dict() -> None:
         assert all(after_state[k].data_ptr() == state[k].data_ptr() for k in state)
         set_onednn_linear(model, False)
         assert not uses_onednn_linear(model)
-        assert all(type(m) is not OneDNNLinear for m in model.modules())
+        assert all(type(m) not in (OneDNNLinear, FastestLinear) for m in model.modules())
         again = model(imgs, noise=noise)
     assert all(torch.equal(a, b) for a, b in zip(before, again, strict=True))
 
@@ -191,7 +225,8 @@ def test_switch_keeps_modules_parameters_and_state_dict() -> None:
     "case",
     ["bfloat16 weights", "bfloat16 autocast", "float64", "vector input", "meta device", "no input features"],
 )
-def test_other_inputs_run_f_linear_unchanged(case: str) -> None:
+@pytest.mark.parametrize("mode", MODES)
+def test_other_inputs_run_f_linear_unchanged(case: str, mode: Mode) -> None:
     torch.manual_seed(0)
     layer = torch.nn.Linear(8, 4)
     x = torch.randn(3, 8)
@@ -208,10 +243,11 @@ def test_other_inputs_run_f_linear_unchanged(case: str) -> None:
         layer, x = torch.nn.Linear(0, 4), torch.randn(3, 0)  # y = bias for every row
     with torch.no_grad(), autocast:
         expected = layer(x)
-        set_onednn_linear(layer, True)
+        set_onednn_linear(layer, True, mode=mode)
         with _CountOps() as ops:
             got = layer(x)
-    assert ops.counts["mae.onednn_linear"] == 0
+    assert ops.counts["mae.onednn_linear"] == ops.counts["mae.fastest_linear"] == 0
+    assert fast_path_choices() == []  # nothing timed either
     assert got.dtype == expected.dtype and got.shape == expected.shape and got.device == expected.device
     if case != "meta device":
         assert torch.equal(got, expected)
@@ -227,7 +263,8 @@ def test_without_onednn_enabling_raises_and_disabling_works(monkeypatch: pytest.
 
 
 @needs_onednn
-def test_gradients_of_gradients_equal_those_of_f_linear() -> None:
+@pytest.mark.parametrize("mode", MODES)
+def test_gradients_of_gradients_equal_those_of_f_linear(mode: Mode) -> None:
     torch.manual_seed(0)
     layer = torch.nn.Linear(6, 5)
     x = torch.randn(4, 6, requires_grad=True)
@@ -238,7 +275,222 @@ def test_gradients_of_gradients_equal_those_of_f_linear() -> None:
         return list(torch.autograd.grad(gx.pow(2).sum(), [x, *layer.parameters()]))
 
     expected = hessian_vector_product()
-    set_onednn_linear(layer, True)
+    set_onednn_linear(layer, True, mode=mode)
     got = hessian_vector_product()
     for a, b in zip(got, expected, strict=True):
         torch.testing.assert_close(a, b, **TOLERANCE)
+
+
+# --- the default mode: the faster library per shape ----------------------------------------------------------
+
+
+def _by_mkl(x: torch.Tensor, layer: torch.nn.Linear) -> torch.Tensor:
+    return torch.nn.functional.linear(x, layer.weight, layer.bias)
+
+
+def _by_onednn(x: torch.Tensor, layer: torch.nn.Linear) -> torch.Tensor:
+    return torch.ops.mkldnn._linear_pointwise(x, layer.weight, layer.bias, "none", [], "")
+
+
+@pytest.fixture
+def fake_timings(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, int, int]]:
+    """Timings made up per shape: oneDNN takes half MKL's time for 48 outputs, 0.85x for 40 (a close call, within
+    the margin), twice for any other width. Returns the shapes timed, [rows, in] x [in, out], as they are timed."""
+    timed: list[tuple[int, int, int]] = []
+
+    def time_both(
+        x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
+    ) -> tuple[Choice, torch.Tensor, torch.Tensor]:
+        rows, inner, out = x.numel() // x.shape[-1], x.shape[-1], weight.shape[0]
+        timed.append((rows, inner, out))
+        onednn_s = {48: 0.5, 40: 0.85}.get(out, 2.0)
+        by_default = torch.nn.functional.linear(x, weight, bias)
+        by_onednn = torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
+        return Choice(rows, inner, out, 1.0, onednn_s), by_default, by_onednn
+
+    monkeypatch.setattr(onednn_module, "_time_both", time_both)
+    monkeypatch.setattr(onednn_module, "timing_can_pay_off", lambda: True)  # time, whatever this CPU is
+    return timed
+
+
+@needs_onednn
+def test_fastest_mode_runs_each_shape_by_the_library_that_timed_faster(
+    fake_timings: list[tuple[int, int, int]], caplog: pytest.LogCaptureFixture
+) -> None:
+    torch.manual_seed(0)
+    wins, loses, ties = torch.nn.Linear(64, 48), torch.nn.Linear(64, 56), torch.nn.Linear(64, 40)
+    x = torch.randn(2, 5, 64)  # 10 rows
+    for layer in (wins, loses, ties):
+        # The two libraries give different bits here, so the output tells which one ran.
+        assert not torch.equal(_by_mkl(x, layer), _by_onednn(x, layer))
+        set_onednn_linear(layer, True)
+    with torch.no_grad(), caplog.at_level(logging.INFO, logger="mae.onednn"):
+        assert torch.equal(wins(x), _by_onednn(x, wins))  # the first call, timed: the faster one's output
+        assert torch.equal(loses(x), _by_mkl(x, loses))
+        assert torch.equal(ties(x), _by_mkl(x, ties))  # 0.85x: within the margin, the default keeps it
+        assert fake_timings == [(10, 64, 48), (10, 64, 56), (10, 64, 40)]
+        x_more = torch.randn(3, 5, 64)  # 15 rows: the same power-of-two bucket (8-15), not timed again
+        assert torch.equal(wins(x_more), _by_onednn(x_more, wins))
+        assert torch.equal(loses(x_more), _by_mkl(x_more, loses))
+        assert len(fake_timings) == 3
+        x_many = torch.randn(4, 5, 64)  # 20 rows: a new bucket, timed once
+        wins(x_many), wins(x_many)
+        assert fake_timings[3:] == [(20, 64, 48)]
+    assert [c.onednn for c in fast_path_choices()] == [True, False, False, True]
+    logged = [r.getMessage() for r in caplog.records if r.name == "mae.onednn"]
+    assert len(logged) == 4 and logged[0].endswith("[10, 64] x [64, 48]: MKL 1000.00 ms, oneDNN 500.00 ms -> oneDNN")
+    assert logged[1].endswith("-> the default (MKL)")
+
+
+@needs_onednn
+def test_summary_counts_the_choices_and_their_time() -> None:
+    choices = [Choice(8, 16, 32, 1.0, 0.5), Choice(8, 32, 16, 3.0, 6.0), Choice(8, 32, 32, 1.0, 0.99)]
+    text = fast_path_summary(choices)
+    # oneDNN only for the first; chosen time 0.5 + 3.0 + 1.0 against the default's 1 + 3 + 1
+    assert text.startswith("oneDNN fast path: oneDNN for 1 of 3 product shapes, the default (MKL) for 2")
+    assert f"take {4.5 / 5.0:.2f}x the default's time" in text
+    assert "no product run yet" in fast_path_summary([])
+
+
+@needs_onednn
+@pytest.mark.parametrize("faster", ["MKL", "oneDNN"])
+def test_fastest_mode_equals_the_chosen_path_bit_for_bit_forward_and_backward(
+    faster: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With every shape won by MKL, the fast path is the default path; by oneDNN, the `always` path: the
+    same outputs and gradients, bit for bit, forward and backward (whose products are chosen by their own
+    shapes: more shapes than the forward's)."""
+    onednn_s = 0.5 if faster == "oneDNN" else 2.0
+
+    def time_both(
+        x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
+    ) -> tuple[Choice, torch.Tensor, torch.Tensor]:
+        by_default = torch.nn.functional.linear(x, weight, bias)
+        by_onednn = torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
+        return Choice(x.numel() // x.shape[-1], x.shape[-1], weight.shape[0], 1.0, onednn_s), by_default, by_onednn
+
+    monkeypatch.setattr(onednn_module, "_time_both", time_both)
+    monkeypatch.setattr(onednn_module, "timing_can_pay_off", lambda: True)
+    torch.manual_seed(0)
+    model = mae.MaskedAutoencoderViT(small_config(embed_dim=48, num_heads=4))
+    imgs, noise = torch.randn(2, 3, 32, 32), torch.rand(2, 16)
+
+    def run() -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        model.zero_grad()
+        outputs = model(imgs, mask_ratio=0.75, noise=noise)
+        outputs[0].backward()
+        return list(outputs), [p.grad.clone() for p in model.parameters() if p.grad is not None]
+
+    if faster == "oneDNN":
+        set_onednn_linear(model, True, mode="always")
+    expected = run()
+    set_onednn_linear(model, True)
+    with recording_choices() as used:
+        got = run()
+    forward_shapes = {(m.in_features, m.out_features) for m in model.modules() if isinstance(m, torch.nn.Linear)}
+    assert len(used) > len(forward_shapes)  # the backward's products were timed and chosen too
+    assert all(c.onednn == (faster == "oneDNN") for c in used)
+    for a, b in zip(got[0] + got[1], expected[0] + expected[1], strict=True):
+        assert torch.equal(a, b)
+
+
+@needs_onednn
+@pytest.mark.xdist_group("compile")
+def test_compiled_fastest_path_times_at_run_time_and_matches_eager(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The first use of each shape happens inside the compiled graphs (forward and backward), timed for real
+    with real tensors; compiled outputs and gradients stay within the tolerance of eager ones."""
+    monkeypatch.setattr(onednn_module, "timing_can_pay_off", lambda: True)
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(16, 64), torch.nn.GELU(), torch.nn.Linear(64, 8))
+    x = torch.randn(2, 5, 16, requires_grad=True)
+    set_onednn_linear(model, True)
+
+    def step(forward: torch.nn.Module) -> list[torch.Tensor]:
+        model.zero_grad()
+        x.grad = None
+        y = forward(x)
+        y.pow(2).sum().backward()
+        return [y.detach(), x.grad.clone(), *(p.grad.clone() for p in model.parameters())]
+
+    compiled = step(torch.compile(model))
+    timed_in_compiled = fast_path_choices()
+    assert len(timed_in_compiled) == 2 + 4  # the two forward products, two more per layer in the backward
+    assert all(c.timed and c.default_s > 0 and c.onednn_s > 0 for c in timed_in_compiled)  # type: ignore[operator]
+    eager = step(model)
+    assert fast_path_choices() == timed_in_compiled  # eager met no shape that was not chosen already
+    for a, b in zip(compiled, eager, strict=True):
+        torch.testing.assert_close(a, b, **TOLERANCE)
+
+
+@needs_onednn
+def test_fastest_operator_passes_opcheck() -> None:
+    for x, w, b in [
+        (torch.randn(5, 8, requires_grad=True), torch.randn(4, 8, requires_grad=True), torch.randn(4)),
+        (torch.randn(2, 3, 8), torch.randn(6, 8, requires_grad=True), None),
+    ]:
+        torch.library.opcheck(fastest_linear, (x, w, b))
+
+
+def test_unknown_mode_is_refused() -> None:
+    with pytest.raises(ValueError, match="mode must be one of fastest, always"):
+        set_onednn_linear(torch.nn.Linear(2, 2), True, mode="sometimes")  # type: ignore[arg-type]
+
+
+@needs_onednn
+def test_verify_says_what_the_fast_path_chose(fake_timings: list[tuple[int, int, int]]) -> None:
+    from mae import verify
+
+    torch.manual_seed(0)
+    model = mae.MaskedAutoencoderViT(small_config(embed_dim=48, num_heads=4)).eval()  # qkv 144, mlp 192 wide...
+    shapes = {(m.in_features, m.out_features) for m in model.modules() if isinstance(m, torch.nn.Linear)}
+    wins = sum(out == 48 for _, out in shapes)  # the made-up timings: oneDNN wins for 48 outputs only
+    row = verify._fast_path_choice("base", model, torch.randn(1, 3, 32, 32))
+    assert (row.check, row.status) == ("fast path: its choice on this CPU", "info")
+    # Encoder and decoder rows differ, so every layer shape is timed once: as many choices as shapes.
+    assert row.detail.startswith(f"oneDNN fast path: oneDNN for {wins} of {len(shapes)} product shapes")
+    assert not uses_onednn_linear(model)  # switched back
+
+
+@needs_onednn
+@pytest.mark.parametrize(
+    ("flags", "timed"),
+    [({"avx2", "fma"}, False), ({"avx2", "fma", "avx512f"}, True), ({"asimd", "fp"}, True), (None, True)],
+)
+def test_an_x86_cpu_without_avx512_keeps_every_product_with_mkl_untimed(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, flags: set[str] | None, timed: bool
+) -> None:
+    """Where oneDNN was measured no faster (x86, AVX2 without AVX-512), the fast path is the default path, bit for
+    bit, with nothing timed; elsewhere (AVX-512, ARM, unknown) it times."""
+    monkeypatch.setattr(mae.cpu, "cpu_flags", lambda: None if flags is None else frozenset(flags))
+    times: list[int] = []
+
+    def time_both(
+        x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
+    ) -> tuple[Choice, torch.Tensor, torch.Tensor]:
+        times.append(1)
+        by_default = torch.nn.functional.linear(x, weight, bias)
+        return Choice(1, 1, 1, 1.0, 2.0), by_default, by_default
+
+    monkeypatch.setattr(onednn_module, "_time_both", time_both)
+    torch.manual_seed(0)
+    model = mae.MaskedAutoencoderViT(small_config())
+    imgs, noise = torch.randn(2, 3, 32, 32), torch.rand(2, 16)
+    expected = model(imgs, mask_ratio=0.75, noise=noise)
+    expected[0].backward()
+    expected_grads = [p.grad.clone() for p in model.parameters() if p.grad is not None]
+    model.zero_grad()
+    set_onednn_linear(model, True)
+    with caplog.at_level(logging.INFO, logger="mae.onednn"):
+        got = model(imgs, mask_ratio=0.75, noise=noise)
+        got[0].backward()
+    assert (len(times) > 0) == timed
+    if not timed:
+        assert all(torch.equal(a, b) for a, b in zip(got, expected, strict=True))
+        grads = [p.grad for p in model.parameters() if p.grad is not None]
+        assert all(torch.equal(a, b) for a, b in zip(grads, expected_grads, strict=True))
+        assert all(not c.timed for c in fast_path_choices())
+        assert fast_path_summary().startswith(
+            f"oneDNN fast path: the default (MKL) for all {len(fast_path_choices())} product shapes, untimed"
+        )
+        (record,) = [r for r in caplog.records if r.name == "mae.onednn"]  # one line, not one per shape
+        assert "no AVX-512" in record.getMessage()

@@ -168,6 +168,7 @@ def test_resuming_with_another_model_is_a_clear_error(
 
 def test_checkpoints_have_the_official_layout(capsys: pytest.CaptureFixture[str], tmp_path: Path, data: Path) -> None:
     import timm.optim as timm_optim
+
     out_dir = tmp_path / "out"
     assert pretrain(capsys, data, out_dir, "--weight_decay", "0.07", epochs=1)[0] == 0
     path = out_dir / "checkpoint-0.pth"

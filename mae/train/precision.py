@@ -5,24 +5,32 @@
 - ``float16``: autocast on CUDA with a ``GradScaler`` (the official script's setting on GPUs), whose
   state is the checkpoint's ``scaler`` entry;
 - ``auto`` (the default) is what the official script does: float16 on CUDA, float32 on the CPU.
+
+A reduced precision on a CPU that emulates it is slower than float32 (`mae/cpu.py`): ``resolve_dtype``
+measures it and warns before the run.
 """
 
 from __future__ import annotations
 
 import contextlib
 import functools
-import warnings
+import logging
 from collections.abc import Callable
 from contextlib import AbstractContextManager
-from pathlib import Path
 
 import torch
+
+from .. import cpu  # the CPU's capabilities live in the core: `mae reconstruct` and `mae verify` warn too
+from ..onednn import WITHOUT_GAIN, timing_can_pay_off
+
+log = logging.getLogger(__name__)
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
-    """The training dtype for ``--dtype NAME`` on ``device``; ValueError where it cannot run."""
+    """The training dtype for ``--dtype NAME`` on ``device``; ValueError where it cannot run. On a CPU where
+    bf16 products are slower than float32 (measured here: no avx512_bf16 or AMX), warns before the run."""
     if name == "auto":
         return torch.float16 if device.type == "cuda" else torch.float32
     if name not in DTYPES:
@@ -30,41 +38,23 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
     dtype = DTYPES[name]
     if dtype == torch.float16 and device.type != "cuda":
         raise ValueError("--dtype float16 needs CUDA (PyTorch's CPU autocast is bfloat16): use --dtype bfloat16")
-    if dtype == torch.bfloat16 and device.type == "cpu" and not cpu_has_native_bf16():
-        warnings.warn(
-            "--dtype bfloat16 on a CPU without native bf16 instructions (no avx512_bf16 or AMX): each bf16 "
-            "product is emulated and can be several times slower than float32 (measured 6.8x slower for a "
-            "ViT-B forward on an AVX2-only EPYC). Use --dtype float32 (and --fast) on this machine.",
-            stacklevel=2,
-        )
+    cpu.warn_if_reduced_precision_is_slow(dtype, device, training=True)
     return dtype
 
 
-@functools.cache
-def cpu_flags() -> frozenset[str] | None:
-    """The CPU's instruction-set flags from /proc/cpuinfo; None where they cannot be read (not Linux)."""
-    try:
-        return frozenset(Path("/proc/cpuinfo").read_text().split())
-    except OSError:
-        return None
-
-
-def cpu_has_native_bf16() -> bool:
-    """True when the CPU advertises avx512_bf16 or AMX (True where it cannot tell: no false alarm)."""
-    flags = cpu_flags()
-    return flags is None or bool(flags & {"avx512_bf16", "amx_bf16"})
-
-
 def warn_if_fast_path_gains_nothing() -> None:
-    """`--fast` (oneDNN float32 products) pays off through AVX-512; without it, say so before the run."""
-    flags = cpu_flags()
-    if flags is not None and "avx512f" not in flags:
-        warnings.warn(
-            "--fast on a CPU without AVX-512: oneDNN's float32 products are no faster than the default ones "
-            "here (ViT-B pre-training steps measured 0.88x the official engine's speed on an AVX2-only EPYC, "
-            "against 1.04x without --fast; benchmarks/README.md). Drop --fast on this machine.",
-            stacklevel=2,
+    """Before a ``--fast`` run, say how the fast path will choose on this CPU (logged, INFO).
+
+    The name is kept for its callers: the fast path no longer needs a warning, since it cannot be slower
+    than the default path (`mae/onednn.py`): without AVX-512 it keeps MKL, elsewhere it times both."""
+    if timing_can_pay_off():
+        plan = (
+            "each linear product shape is timed once at its first use, MKL against oneDNN, and oneDNN kept where "
+            "it is clearly faster (choices logged as they are made)"
         )
+    else:
+        plan = f"every linear product stays with the default (MKL): {WITHOUT_GAIN}; expect the default path's speed"
+    log.info("--fast: %s. Instruction sets: %s", plan, cpu.instruction_sets())
 
 
 def autocast(device: torch.device, dtype: torch.dtype) -> Callable[[], AbstractContextManager[object]]:

@@ -1,0 +1,436 @@
+"""Fine-tuning-step benchmark: images/s of ViT classifier fine-tuning steps, ours against the official engine.
+
+Every variant trains the classifier of the paper's fine-tuning recipe (`mae.vit_base_patch16(num_classes=1000,
+drop_path_rate=0.1)` for ViT-B) through its engine's own `train_one_epoch`: timm's Mixup/CutMix (mixup 0.8,
+cutmix 1.0, label smoothing 0.1, from the official flags), `SoftTargetCrossEntropy`, backward, AdamW over the
+layer-wise lr-decay groups (weight decay 0.05, layer decay 0.65), the per-iteration schedule on each group's
+`lr_scale`. The loader gives fixed random images (a fresh copy per batch: Mixup mixes them in place). Each
+call is `--steps` steps of epoch 10 of the recipe (past warmup, so the learning rate is not 0). Variants:
+- "ours": `mae.train.engine_finetune.train_one_epoch`, float32, the default path;
+- "fast": the same after `mae.set_onednn_linear(model, True)` (`mae finetune --fast`; float32 CPU only);
+- "bf16": the same under `mae.train.precision.autocast(device, torch.bfloat16)` (`--dtype bfloat16`);
+- "compile": the same through `torch.compile(model)` (`--compile`), warmed up by two calls;
+- "official" (with $MAE_OFFICIAL_REPO): the official `engine_finetune.train_one_epoch` with OUR classifier
+  (a second copy, the same weights), the official `util.lr_decay` groups, AdamW as `main_finetune.py` builds
+  it and its `NativeScalerWithGradNormCount`, under the shims of `reference.official`.
+Our four variants share one model and one optimizer. The timing (round-robin after one warm-up call each,
+medians), the peak-memory measure, the slow-variant rule and the host's ceilings are those of the
+pre-training benchmark (`benchmarks/train.py`, `benchmarks/host.py`).
+
+The goal (issue 10): the best of our variants >= 2x the official float32 engine's images/s, held to what
+this host's measured ceilings allow (a oneDNN or bf16 product gain; none where both run no faster than the
+official engine's MKL products): the issue's figure is reported too.
+
+    python -m benchmarks finetune [--model base] [--batch 8] [--rounds 5] [--steps 1]
+                                  [--variants ours,fast,bf16,compile,official] [--device cpu|cuda]
+                                  [--repeat-slow] [--json FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+import mae
+from benchmarks import host, train
+from benchmarks.train import SLOW_FACTOR, _quiet, _ratio, fast_applies, timed_call
+from mae.cpu import warn_if_reduced_precision_is_slow
+from mae.onednn import fast_path_summary
+from mae.train.distributed import Dist
+from mae.train.engine_finetune import train_one_epoch
+from mae.train.mixup import build_criterion, build_mixup
+from mae.train.precision import autocast, grad_scaler
+from mae.train.schedule import CosineSchedule, base_learning_rate
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """The paper's fine-tuning recipe of one model (its Table 9 and the official README)."""
+
+    factory: str  # `mae.classifier` name, the official `--model`
+    drop_path: float
+    layer_decay: float
+    blr: float
+    epochs: int
+
+
+RECIPES = {
+    "base": Recipe("vit_base_patch16", 0.1, 0.65, 5e-4, 100),
+    "large": Recipe("vit_large_patch16", 0.2, 0.75, 1e-3, 50),
+    "huge": Recipe("vit_huge_patch14", 0.3, 0.75, 1e-3, 50),
+}
+# Smoke tests: the ViT-B recipe on a tiny encoder (32 px, patch 8, width 32, depth 2).
+TINY = {k: v for k, v in train.SMALL["tiny"].items() if not k.startswith("decoder_")}
+MODELS = [*RECIPES, "tiny"]
+CLASSES, WEIGHT_DECAY, MIN_LR, WARMUP_EPOCHS, EPOCH = 1000, 0.05, 1e-6, 5, 10
+# The official flags of the recipe's data mixing (main_finetune.py's names and defaults).
+MIXING = argparse.Namespace(
+    mixup=0.8, cutmix=1.0, cutmix_minmax=None, mixup_prob=1.0, mixup_switch_prob=0.5, mixup_mode="batch",
+    smoothing=0.1,
+)  # fmt: skip
+LABELS = {
+    "ours": "ours, float32 (default path)",
+    "fast": "ours --fast (MKL or oneDNN per product shape, float32)",
+    "bf16": "ours, bf16 autocast",
+    "compile": "ours, torch.compile (float32)",
+    "official": "official engine, our classifier (float32 on the CPU)",
+}
+GOAL = 2.0  # the best of ours over the official float32 engine, images/s (issue 10)
+Stats = dict[str, float]
+
+
+def recipe_of(model: str) -> Recipe:
+    return RECIPES.get(model, RECIPES["base"])
+
+
+def build_classifier(model: str) -> mae.VisionTransformer:
+    r = recipe_of(model)
+    extra = TINY if model == "tiny" else {}
+    built: mae.VisionTransformer = getattr(mae, r.factory)(num_classes=CLASSES, drop_path_rate=r.drop_path, **extra)
+    return built
+
+
+class FixedImages:
+    """`steps` batches of the same random images and labels; each batch a fresh copy of the images."""
+
+    def __init__(self, batch: int, size: int, steps: int, device: torch.device) -> None:
+        g = torch.Generator().manual_seed(0)
+        self.images = torch.randn(batch, 3, size, size, generator=g).to(device)
+        self.labels = torch.randint(0, CLASSES, (batch,), generator=g).to(device)
+        self.steps = steps
+
+    def __len__(self) -> int:  # the official engine's per-iteration schedule divides by it
+        return self.steps
+
+    def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
+        for _ in range(self.steps):
+            yield self.images.clone(), self.labels  # Mixup overwrites the images of its batch
+
+
+def ours_call(
+    model: mae.VisionTransformer,
+    forward: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    schedule: CosineSchedule,
+    loader: FixedImages,
+    device: torch.device,
+    *,
+    fast: bool = False,
+    dtype: torch.dtype = torch.float32,
+) -> Callable[[], Stats]:
+    """One epoch over `loader` by our engine (through `forward`, the model or its compiled wrapper)."""
+    scaler, criterion, mixup_fn = grad_scaler(device, dtype), build_criterion(MIXING), build_mixup(MIXING, CLASSES)
+
+    def go() -> Stats:
+        mae.set_onednn_linear(model, fast)  # one model object, switched for this call only
+        try:
+            return train_one_epoch(
+                forward, criterion, loader, optimizer, scaler, schedule, EPOCH, steps=len(loader),
+                mixup_fn=mixup_fn, autocast=autocast(device, dtype), dist=Dist(device=device),
+            )  # fmt: skip
+        finally:
+            mae.set_onednn_linear(model, False)
+
+    return go
+
+
+def official_call(
+    model: mae.VisionTransformer,
+    loader: FixedImages,
+    device: torch.device,
+    schedule: CosineSchedule,
+    layer_decay: float,
+) -> Callable[[], Stats]:
+    """One epoch over `loader` by the official engine, with the official groups, optimizer and loss scaler."""
+    from reference.official import official_finetune_engine, official_module, training_shims
+
+    found = official_finetune_engine()
+    lr_decay = official_module("util.lr_decay")
+    _assert_official_optimizer()
+    groups = lr_decay.param_groups_lrd(
+        model, WEIGHT_DECAY, no_weight_decay_list=model.no_weight_decay(), layer_decay=layer_decay
+    )
+    optimizer = torch.optim.AdamW(groups, lr=schedule.lr)
+    with training_shims(), _quiet():
+        scaler = found.misc.NativeScalerWithGradNormCount()
+    criterion, mixup_fn = build_criterion(MIXING), build_mixup(MIXING, CLASSES)  # main_finetune.py's choices
+    args = argparse.Namespace(
+        accum_iter=1, lr=schedule.lr, min_lr=schedule.min_lr, warmup_epochs=schedule.warmup_epochs,
+        epochs=schedule.epochs,
+    )  # fmt: skip
+
+    def go() -> Stats:
+        with training_shims(), _quiet():
+            stats: Stats = found.engine.train_one_epoch(
+                model, criterion, loader, optimizer, device, EPOCH, scaler, None, mixup_fn, log_writer=None, args=args
+            )  # max_norm None: main_finetune.py's --clip_grad default
+        return stats
+
+    return go
+
+
+def _assert_official_optimizer() -> None:
+    """main_finetune.py builds `torch.optim.AdamW(param_groups, lr=args.lr)` (default betas): hold it so."""
+    from reference.official import official_repo
+
+    source = (Path(str(official_repo())) / "main_finetune.py").read_text().replace(" ", "")
+    assert "torch.optim.AdamW(param_groups,lr=args.lr)" in source, "the official fine-tuning optimizer changed"
+
+
+def _bytes(tensors: Iterator[Tensor]) -> int:
+    return sum(t.numel() * t.element_size() for t in tensors)
+
+
+def build_calls(
+    args: argparse.Namespace, device: torch.device
+) -> tuple[dict[str, Callable[[], Stats]], nn.Module, torch.optim.Optimizer, int]:
+    """The variants' calls, our model and optimizer, and the image size."""
+    recipe = recipe_of(args.model)
+    torch.manual_seed(0)
+    model = build_classifier(args.model).to(device)
+    schedule = CosineSchedule(base_learning_rate(recipe.blr, args.batch), MIN_LR, WARMUP_EPOCHS, recipe.epochs)
+    groups = mae.param_groups_lrd(model, WEIGHT_DECAY, recipe.layer_decay)
+    optimizer = torch.optim.AdamW(groups, lr=schedule.lr)  # `mae finetune`'s optimizer (betas 0.9, 0.999)
+    loader = FixedImages(args.batch, model.config.img_size, args.steps, device)
+    calls: dict[str, Callable[[], Stats]] = {}
+    for name in args.variants:
+        if name == "ours":
+            calls[name] = ours_call(model, model, optimizer, schedule, loader, device)
+        elif name == "fast":
+            calls[name] = ours_call(model, model, optimizer, schedule, loader, device, fast=True)
+        elif name == "bf16":
+            calls[name] = ours_call(model, model, optimizer, schedule, loader, device, dtype=torch.bfloat16)
+        elif name == "compile":
+            compiled: nn.Module = torch.compile(model)  # type: ignore[assignment]
+            calls[name] = ours_call(model, compiled, optimizer, schedule, loader, device)
+        elif name == "official":
+            theirs = build_classifier(args.model).to(device)
+            theirs.load_state_dict(model.state_dict(), strict=True)
+            calls[name] = official_call(theirs, loader, device, schedule, recipe.layer_decay)
+    return calls, model, optimizer, model.config.img_size
+
+
+def bench_steps(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
+    calls, model, optimizer, img_size = build_calls(args, device)
+    last: dict[str, Stats] = {}
+
+    def call(name: str) -> Callable[[], None]:
+        def go() -> None:
+            last[name] = calls[name]()
+
+        return go
+
+    warm: dict[str, tuple[float, float | None]] = {}
+    for name in calls:
+        warm[name] = timed_call(call(name), device)
+        print(f"[finetune] warm-up {name}: {warm[name][0]:.2f} s", file=sys.stderr)
+        if name == "compile":
+            call(name)()  # a second compiled call, in case the first left a recompilation behind
+    # AdamW allocates its moments at the first step: weights and optimizer state now exist, before any timed call.
+    state = _bytes(iter(model.parameters())) + _bytes(
+        t for s in optimizer.state.values() for t in s.values() if isinstance(t, Tensor)
+    )
+    reference = warm["ours"][0] if "ours" in warm else None
+    slow = set()
+    if reference and not args.repeat_slow:
+        slow = {n for n, (s, _) in warm.items() if n != "compile" and s > SLOW_FACTOR * reference}
+    seconds: dict[str, list[float]] = {name: [] for name in calls}
+    peaks: dict[str, list[float]] = {name: [] for name in calls}
+    for i in range(args.rounds):
+        for name in calls:
+            if name in slow:
+                continue
+            s, peak = timed_call(call(name), device)
+            seconds[name].append(s)
+            if peak is not None:
+                peaks[name].append(peak)
+        line = ", ".join(f"{n} {v[-1]:.2f} s" for n, v in seconds.items() if v)
+        print(f"[finetune] round {i + 1}/{args.rounds}: {line}", file=sys.stderr)
+    rows: dict[str, dict[str, Any]] = {}
+    for name in calls:
+        samples = seconds[name] or [warm[name][0]]
+        warm_peak = warm[name][1]
+        peak_samples = peaks[name] or ([warm_peak] if warm_peak is not None else [])
+        median = statistics.median(samples)
+        rows[name] = {
+            "seconds": samples,
+            "images_per_s": args.steps * args.batch / median,
+            "seconds_per_step": median / args.steps,
+            "peak_growth_bytes": max(peak_samples) if peak_samples else None,
+            "warmup_s": warm[name][0],
+            "warmup_only": name in slow,
+            "lr": float(last[name]["lr"]),  # the engine's average over its last call's steps (largest group's)
+            "loss": float(last[name]["loss"]),
+        }
+    return {"rows": rows, "state_bytes": state, "img_size": img_size}
+
+
+# --- the report ---------------------------------------------------------------------------------------
+
+
+def host_gain(found: dict[str, Any]) -> tuple[float, str]:
+    """The largest speed-up this host's products allow over the official float32 engine's (which runs the
+    default library's float32 products), and where it comes from."""
+    gains = {"none (float32 products by the default library, as the official engine)": 1.0}
+    gemm = found.get("gemm", {})
+    if "oneDNN" in gemm:
+        gains[f"oneDNN float32 products ({gemm['oneDNN'] / gemm['default']:.2f}x)"] = host.fast_gain(
+            gemm["oneDNN"] / gemm["default"]
+        )
+    product = found.get("bf16", {}).get("speedup", 1.0)
+    if product is None:  # a GPU: bf16 is native, its gain is not measured here
+        return float("inf"), "bf16 on a GPU (not measured)"
+    if product >= host.GAIN:
+        gains[f"bf16 products ({product:.2f}x float32)"] = product
+    source = max(gains, key=gains.__getitem__)
+    return gains[source], source
+
+
+def goals(results: dict[str, Any]) -> list[str]:
+    """The issue's goal and the fast path's and bf16's, each held to this host's measured ceilings."""
+    rows, found = results["steps"]["rows"], results.get("ceilings", {})
+    official = rows.get("official", {}).get("images_per_s")
+    ours = rows.get("ours", {}).get("images_per_s")
+    gain, source = host_gain(found)
+    ours_rows = {n: r["images_per_s"] for n, r in rows.items() if n != "official" and not r["warmup_only"]}
+    best = max(ours_rows, key=ours_rows.__getitem__) if ours_rows else None
+    lines = ["| goal | bound on this host | measured | verdict |", "|---|---|---|---|"]
+
+    def add(goal: str, bound: float, value: float | None, missing: str) -> None:
+        verdict = "-" if value is None else "met" if round(value, 2) >= bound else "missed"
+        lines.append(f"| {goal} | >= {bound:.3g}x | {missing if value is None else f'{value:.2f}x'} | {verdict} |")
+
+    value = ours_rows[best] / official if best and official else None
+    missing = "not measured: MAE_OFFICIAL_REPO unset" if "official" not in rows else "not measured (ours not run)"
+    add(f"best of ours ({best or '-'}) / the official float32 engine, images/s (issue: >= {GOAL:g}x)",
+        host.speed_ratio_bound(GOAL, gain), value, missing)  # fmt: skip
+    gemm = found.get("gemm", {})
+    ratio = gemm["oneDNN"] / gemm["default"] if "oneDNN" in gemm else None
+    fast = rows.get("fast", {}).get("images_per_s")
+    add("float32 fast path / our default path, images/s", host.fast_over_default_bound(ratio),
+        fast / ours if fast and ours else None, "not measured (fast or ours not run)")  # fmt: skip
+    precision = found.get("bf16")
+    if precision and precision["speedup"] is not None and precision["speedup"] < host.GAIN:
+        said, verdict = ("warned", "met") if precision["warned"] else ("NOT warned", "missed")
+        lines.append(
+            f"| bf16: its products take {1 / precision['speedup']:.1f}x float32's time here, so `mae finetune "
+            f"--dtype bfloat16` must warn before the run | warns | {said} | {verdict} |"
+        )
+    lines += ["", f"This host's largest product gain over the official engine's: {source}."]
+    if value is not None:
+        stated = "met" if round(value, 2) >= GOAL else "missed"
+        lines.append(f"The issue's {GOAL:g}x as stated, whatever the host: {stated} ({value:.2f}x, {best}).")
+    return lines
+
+
+def report(results: dict[str, Any]) -> str:
+    steps, a = results["steps"], results["args"]
+    rows = steps["rows"]
+    ours, official = rows.get("ours", {}).get("images_per_s"), rows.get("official", {}).get("images_per_s")
+    memory = "peak CUDA memory growth" if results["device"].startswith("cuda") else "peak RSS growth"
+    r = recipe_of(a["model"])
+    lines = [
+        f"Machine: {results['host']}; device {results['device']}.",
+        "",
+        f"{a['model']} classifier ({CLASSES} classes, drop path {r.drop_path}), batch {a['batch']} at "
+        f"{steps['img_size']} px, mixup {MIXING.mixup} / cutmix {MIXING.cutmix}, smoothing {MIXING.smoothing}, "
+        f"SoftTargetCrossEntropy, AdamW over layer-decay {r.layer_decay} groups; {a['steps']} step(s) per call, "
+        f"variants alternating, median of {a['rounds']} rounds after one warm-up call each.",
+        "",
+        f"| variant | images/s | s/step | s/step min-max | / ours float32 | / official | {memory} per call (GB) "
+        "| calls timed |",
+        "|---" * 8 + "|",
+    ]
+    for name, row in rows.items():
+        per_step = [s / a["steps"] for s in row["seconds"]]
+        timed = f"1 (its warm-up; > {SLOW_FACTOR:g}x float32)" if row["warmup_only"] else str(len(row["seconds"]))
+        peak = row["peak_growth_bytes"]
+        cells = [
+            LABELS[name], f"{row['images_per_s']:.3g}", f"{row['seconds_per_step']:.2f}",
+            f"{min(per_step):.2f}-{max(per_step):.2f}", _ratio(row["images_per_s"], ours),
+            _ratio(row["images_per_s"], official), "-" if peak is None else f"{peak / 1e9:.3g}", timed,
+        ]  # fmt: skip
+        lines.append("| " + " | ".join(cells) + " |")
+    if "fast_path" in results:
+        lines += ["", f"The fast path's choices in this run: {results['fast_path']}."]
+    lines += ["", *goals(results), ""]
+    if official is None:
+        lines.append("The official engine was not run (MAE_OFFICIAL_REPO unset): ours only.")
+    if "compile" in rows:
+        lines.append(
+            f"torch.compile: first call (compilation and {a['steps']} step(s)) {rows['compile']['warmup_s']:.0f} s "
+            "(inductor's on-disk cache shortens it in later runs)."
+        )
+    lines.append(
+        f"Weights and AdamW state of our model: {steps['state_bytes'] / 1e9:.3g} GB (shared by our variants, allocated "
+        "before the timed calls; not in the peak column)."
+    )
+    load = results["load_average"]
+    threads = torch.get_num_threads()
+    lines.append(
+        f"Load average (1 min) at the start and the end: {load[0]:.1f}, {load[1]:.1f} on {os.cpu_count()} CPUs; this "
+        f"benchmark's own {threads} threads account for up to {threads} of it, and more means other processes "
+        "competed for the cores (noisier, slower times)."
+    )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks finetune", description=__doc__.splitlines()[0])
+    parser.add_argument("--model", choices=MODELS, default="base")
+    parser.add_argument("--batch", type=int, default=8, help="images per step (even: Mixup mixes pairs)")
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--steps", type=int, default=1, help="training steps per timed call")
+    parser.add_argument("--variants", default=",".join(LABELS), type=lambda s: s.split(","))
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--repeat-slow", action="store_true", help=f"time variants > {SLOW_FACTOR:g}x slower too")
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args(argv)
+    unknown = set(args.variants) - set(LABELS)
+    if unknown:
+        parser.error(f"unknown variants {sorted(unknown)}; valid: {', '.join(LABELS)}")
+    if args.batch < 2 or args.batch % 2:
+        parser.error(f"--batch must be even and >= 2 (Mixup/CutMix mix pairs of images); got {args.batch}")
+    if args.rounds < 1 or args.steps < 1:
+        parser.error("--rounds and --steps must be >= 1")
+    device = torch.device(args.device)
+    notes = []
+    if "fast" in args.variants and not fast_applies(device):
+        args.variants.remove("fast")
+        notes.append("--fast left out: it is the float32 CPU path (oneDNN)")
+    if "official" in args.variants:
+        from reference.official import skip_reason
+
+        reason = skip_reason()
+        if reason:
+            args.variants.remove("official")
+            notes.append(f"official engine left out: {reason}")
+    for note in notes:
+        print(f"[finetune] {note}", file=sys.stderr)
+    if "bf16" in args.variants:
+        warn_if_reduced_precision_is_slow(torch.bfloat16, device, "--dtype", training=True)
+    start_load = os.getloadavg()[0]
+    results: dict[str, Any] = {"host": host.describe(device), "device": str(device), "notes": notes,
+                               "args": {k: v for k, v in vars(args).items() if k != "json"}}  # fmt: skip
+    print(f"[finetune] {results['host']}", file=sys.stderr)
+    # Both ceilings, whatever the variants: the goal against the official engine is held to the larger gain.
+    every = argparse.Namespace(model=args.model, variants=["bf16", *(["fast"] if fast_applies(device) else [])])
+    results["ceilings"] = train.ceilings(every, device)
+    results["steps"] = bench_steps(args, device)
+    if "fast" in args.variants:
+        results["fast_path"] = fast_path_summary()
+    results["load_average"] = [start_load, os.getloadavg()[0]]
+    print(report(results))
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2) + "\n")
+    return 0
