@@ -10,7 +10,8 @@ MKL. Which library is faster depends on the CPU (`benchmarks/README.md`):
   4096x4096 product ran at 0.78-0.92x MKL's rate, and ViT-B's shapes took 0.93-1.85x MKL's time (one
   thread); with every product by oneDNN a training step ran 0.84x as fast. Choosing per shape by timing
   did not help there either: the shapes where oneDNN timed faster won by 5-30 % on a busy machine, and
-  those wins did not hold (steps 3 % to 20 % slower in two runs).
+  those wins did not hold: in four runs the forward, forward + backward or training step with the timed
+  choices ran at 0.80x to 1.18x the default path's speed, noise with losses in it.
 
 How it chooses (`mode="fastest"`, the default):
 - on an x86 CPU without AVX-512 (avx2 but no avx512f), every product stays with MKL, untimed: the fast path

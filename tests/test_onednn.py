@@ -318,8 +318,9 @@ def test_fastest_mode_runs_each_shape_by_the_library_that_timed_faster(
     fake_timings: list[tuple[int, int, int]], caplog: pytest.LogCaptureFixture
 ) -> None:
     torch.manual_seed(0)
-    wins, loses, ties = torch.nn.Linear(64, 48), torch.nn.Linear(64, 56), torch.nn.Linear(64, 40)
-    x = torch.randn(2, 5, 64)  # 10 rows
+    # Inner size 200: at 64 the two libraries gave the same bits on one thread (as under pytest -n 2).
+    wins, loses, ties = torch.nn.Linear(200, 48), torch.nn.Linear(200, 56), torch.nn.Linear(200, 40)
+    x = torch.randn(2, 5, 200)  # 10 rows
     for layer in (wins, loses, ties):
         # The two libraries give different bits here, so the output tells which one ran.
         assert not torch.equal(_by_mkl(x, layer), _by_onednn(x, layer))
@@ -328,17 +329,17 @@ def test_fastest_mode_runs_each_shape_by_the_library_that_timed_faster(
         assert torch.equal(wins(x), _by_onednn(x, wins))  # the first call, timed: the faster one's output
         assert torch.equal(loses(x), _by_mkl(x, loses))
         assert torch.equal(ties(x), _by_mkl(x, ties))  # 0.85x: within the margin, the default keeps it
-        assert fake_timings == [(10, 64, 48), (10, 64, 56), (10, 64, 40)]
-        x_more = torch.randn(3, 5, 64)  # 15 rows: the same power-of-two bucket (8-15), not timed again
+        assert fake_timings == [(10, 200, 48), (10, 200, 56), (10, 200, 40)]
+        x_more = torch.randn(3, 5, 200)  # 15 rows: the same power-of-two bucket (8-15), not timed again
         assert torch.equal(wins(x_more), _by_onednn(x_more, wins))
         assert torch.equal(loses(x_more), _by_mkl(x_more, loses))
         assert len(fake_timings) == 3
-        x_many = torch.randn(4, 5, 64)  # 20 rows: a new bucket, timed once
+        x_many = torch.randn(4, 5, 200)  # 20 rows: a new bucket, timed once
         wins(x_many), wins(x_many)
-        assert fake_timings[3:] == [(20, 64, 48)]
+        assert fake_timings[3:] == [(20, 200, 48)]
     assert [c.onednn for c in fast_path_choices()] == [True, False, False, True]
     logged = [r.getMessage() for r in caplog.records if r.name == "mae.onednn"]
-    assert len(logged) == 4 and logged[0].endswith("[10, 64] x [64, 48]: MKL 1000.00 ms, oneDNN 500.00 ms -> oneDNN")
+    assert len(logged) == 4 and logged[0].endswith("[10, 200] x [200, 48]: MKL 1000.00 ms, oneDNN 500.00 ms -> oneDNN")
     assert logged[1].endswith("-> the default (MKL)")
 
 

@@ -83,7 +83,7 @@ F32_2 = {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}
         (_file({"a": {"dtype": "F32", "shape": [1]}}, b"\0" * 4), "missing field `data_offsets`"),
         (_file({"a": F32_2, "__metadata__": {"n": 1}}, b"\0" * 8), "expected a string"),
         # Let through by the former hand-written reader, refused by the library:
-        (_file({"a": F32_2, "b": F32_2}, b"\0" * 8), "invalid offset for tensor `b`"),  # overlapping
+        (_file({"a": F32_2, "b": F32_2}, b"\0" * 8), "invalid offset for tensor"),  # overlapping (either named)
         (_file({"a": F32_2}, b"\0" * 12), "not fully covered"),  # bytes left over
         (_file({"a": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}, "b": F32_2}, b"\0" * 12), "offset"),
         (_file({"a": {"dtype": "F32", "shape": [4], "data_offsets": [0, 16]}}, b"\0" * 12), "not fully covered"),
