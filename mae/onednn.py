@@ -14,8 +14,8 @@ MKL. Which library is faster depends on the CPU (`benchmarks/README.md`):
   choices ran at 0.80x to 1.18x the default path's speed, noise with losses in it.
 
 How it chooses (`mode="fastest"`, the default):
-- on an x86 CPU without AVX-512 (avx2 but no avx512f), every product stays with MKL, untimed: the fast path
-  is then the default path, bit for bit and at its speed;
+- on an x86 CPU without AVX-512 (avx2 but no avx512f), every product stays with `F.linear` (MKL), untimed:
+  the fast path is then the default path, bit for bit and at its speed (the same calls, no custom operator);
 - elsewhere (AVX-512; or a CPU whose flags cannot be read), the first time a product of a new shape runs,
   both libraries compute it on the actual operands, alternating, one warm-up and REPEATS timed calls each;
   the least time counts (other processes can only add time), and oneDNN is kept only where it takes at
@@ -103,27 +103,20 @@ def _by_onednn(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
 
 @dataclass(frozen=True)
 class Choice:
-    """One product shape, [rows, inner] x [inner, out], its timing and the library it chose. Untimed (None)
-    where the CPU settles it: an x86 CPU without AVX-512 keeps MKL."""
+    """The timing of one product shape, [rows, inner] x [inner, out], and the library it chose."""
 
     rows: int
     inner: int
     out: int
-    default_s: float | None  # least time of REPEATS calls by MKL (F.linear)
-    onednn_s: float | None  # the same by oneDNN
-
-    @property
-    def timed(self) -> bool:
-        return self.default_s is not None and self.onednn_s is not None
+    default_s: float  # least time of REPEATS calls by MKL (F.linear)
+    onednn_s: float  # the same by oneDNN
 
     @property
     def onednn(self) -> bool:
-        return self.default_s is not None and self.onednn_s is not None and self.onednn_s <= MARGIN * self.default_s
+        return self.onednn_s <= MARGIN * self.default_s
 
     def describe(self) -> str:
         chosen = "oneDNN" if self.onednn else "the default (MKL)"
-        if self.default_s is None or self.onednn_s is None:
-            return f"[{self.rows}, {self.inner}] x [{self.inner}, {self.out}]: untimed -> {chosen}"
         return (
             f"[{self.rows}, {self.inner}] x [{self.inner}, {self.out}]: MKL {self.default_s * 1e3:.2f} ms, "
             f"oneDNN {self.onednn_s * 1e3:.2f} ms -> {chosen}"
@@ -131,6 +124,10 @@ class Choice:
 
 
 _choices: dict[tuple[object, ...], Choice] = {}
+# Whether the fast path times at all here: set by `set_onednn_linear` from the CPU (a plain value, read by
+# `FastestLinear.forward`, so that torch.compile guards on it instead of tracing the CPU's flags).
+_timing_on = [True]
+_said_untimed = [False]
 _timing_seconds = [0.0]  # time spent choosing, this process
 _recorders: list[set[tuple[object, ...]]] = []
 
@@ -183,12 +180,6 @@ def _fastest(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
     choice = _choices.get(key)
     if choice is not None:
         return _by_onednn(x, weight, bias) if choice.onednn else F.linear(x, weight, bias)
-    if not timing_can_pay_off():
-        if not _choices:
-            log.info("oneDNN fast path: every product by the default (MKL), untimed: %s", WITHOUT_GAIN)
-        inner = x.shape[-1]
-        _choices[key] = Choice(x.numel() // inner, inner, weight.shape[0], None, None)
-        return F.linear(x, weight, bias)
     start = time.perf_counter()
     choice, by_default, by_onednn = _time_both(x, weight, bias)
     _timing_seconds[0] += time.perf_counter() - start
@@ -223,14 +214,14 @@ def recording_choices() -> Iterator[list[Choice]]:
 
 def fast_path_summary(choices: list[Choice] | None = None) -> str:
     """One line: how many product shapes went to oneDNN and to MKL, and what that saves where timed."""
+    if not timing_can_pay_off():
+        return f"oneDNN fast path: every product by the default (MKL), untimed: {WITHOUT_GAIN}"
     choices = fast_path_choices() if choices is None else choices
     if not choices:
-        return "oneDNN fast path: no product run yet (each shape is chosen at its first use)"
-    if not any(c.timed for c in choices):
-        return f"oneDNN fast path: the default (MKL) for all {len(choices)} product shapes, untimed: {WITHOUT_GAIN}"
+        return "oneDNN fast path: no product timed yet (each shape is timed at its first use)"
     fast = sum(c.onednn for c in choices)
-    default = sum(c.default_s for c in choices if c.default_s is not None)
-    chosen = sum((c.onednn_s if c.onednn else c.default_s) or 0.0 for c in choices)
+    default = sum(c.default_s for c in choices)
+    chosen = sum(c.onednn_s if c.onednn else c.default_s for c in choices)
     return (
         f"oneDNN fast path: oneDNN for {fast} of {len(choices)} product shapes, the default (MKL) for "
         f"{len(choices) - fast}, as timed on this CPU; the chosen products take {chosen / default:.2f}x the "
@@ -320,10 +311,10 @@ class OneDNNLinear(nn.Linear):
 
 class FastestLinear(nn.Linear):
     """An `nn.Linear` whose float32 CPU products run by MKL or oneDNN, whichever is faster here for each
-    shape (`mode="fastest"`, see the module docstring)."""
+    shape (`mode="fastest"`, see the module docstring); plain `F.linear` where timing cannot pay off."""
 
     def forward(self, x: Tensor) -> Tensor:
-        if _takes_onednn_route(x, self.weight):
+        if _timing_on[0] and _takes_onednn_route(x, self.weight):
             return fastest_linear(x, self.weight, self.bias)
         return F.linear(x, self.weight, self.bias)
 
@@ -336,10 +327,11 @@ def set_onednn_linear(module: nn.Module, enabled: bool, *, mode: Mode = "fastest
     """Route every `nn.Linear` inside `module` through the fast path (True) or back to `F.linear` (False).
 
     mode: "fastest" (default) times MKL against oneDNN for each product shape at its first use on this CPU
-    and keeps the faster (never slower than the default path, beyond timing noise); "always" sends every
-    float32 CPU product to oneDNN. Works in place and returns `module`. Only plain `nn.Linear` layers are
-    switched (subclasses such as those inside `nn.MultiheadAttention` are left alone). Raises `RuntimeError`
-    when this PyTorch build has no oneDNN, rather than silently keeping the default path.
+    and keeps oneDNN where it is clearly faster (never slower than the default path, beyond timing noise; on
+    an x86 CPU without AVX-512 it keeps MKL untimed); "always" sends every float32 CPU product to oneDNN.
+    Works in place and returns `module`. Only plain `nn.Linear` layers are switched (subclasses such as those
+    inside `nn.MultiheadAttention` are left alone). Raises `RuntimeError` when this PyTorch build has no
+    oneDNN, rather than silently keeping the default path.
     """
     if mode not in MODES:
         raise ValueError(f"mode must be one of {', '.join(MODES)}; got {mode!r}")
@@ -349,6 +341,11 @@ def set_onednn_linear(module: nn.Module, enabled: bool, *, mode: Mode = "fastest
             "oneDNN fast path cannot run; leave it off to use PyTorch's default products"
         )
     target = MODES[mode] if enabled else nn.Linear
+    if enabled and mode == "fastest":
+        _timing_on[0] = timing_can_pay_off()
+        if not _timing_on[0] and not _said_untimed[0]:
+            _said_untimed[0] = True
+            log.info("oneDNN fast path: every product by the default (MKL), untimed: %s", WITHOUT_GAIN)
     for m in module.modules():
         if type(m) in _SWITCHED:
             m.__class__ = target
