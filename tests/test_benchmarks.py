@@ -120,7 +120,9 @@ def test_forward_goals_are_held_to_the_hosts_own_ceilings(kind: str) -> None:
     assert goals["worst time / transformers"] == [f"<= {bound:.3g}", default, "0.455: met"]
     assert goals["worst time / official, batch 8"][0] == ("<= 1" if avx512 else f"<= {host.NOISE:.3g}")
     # The fast path against the default path (2x here): SHARE of oneDNN's gain, or "not slower".
-    fast_bound = host.SHARE * 2.2 if avx512 else 1 / host.NOISE
+    # Without a gain, "not slower" within the noise the same kernels showed: our default path took 1.1x
+    # transformers' time (1 s against 1.1 s), more than NOISE.
+    fast_bound = host.SHARE * 2.2 if avx512 else 1 / 1.1
     assert goals["fast path"] == [f">= {fast_bound:.3g}", "-", "2: met"]
     assert goals["ViT-L batch 8, fraction of the ceiling"][0] == ">= 0.85"  # already relative to this host
     if avx512:
@@ -130,6 +132,27 @@ def test_forward_goals_are_held_to_the_hosts_own_ceilings(kind: str) -> None:
         assert _bf16_goal(goals)[:2] == ["warns", "2.00x, loss 1.0e-04, warned: met"]
         results["bf16"]["ceiling"]["warned"] = False  # type: ignore[index]
         assert _bf16_goal(_goal_rows(forward.report(results)))[1].endswith("NOT warned: missed")
+
+
+def test_forward_noise_allowance_is_what_the_same_kernels_show_in_the_run() -> None:
+    """transformers and the official code run the same kernels: where they differ by more than 5 % in a run,
+    "not slower" allows that much (on a host without a oneDNN gain)."""
+    results = _forward_results(0.9, 1 / 6.8, warned=True)
+    row = results["forward"][0]  # type: ignore[index]
+    row["seconds"] |= {"transformers": 1.2, "official": 1.0, forward.FAST: 1.1}  # ours 1.0: 0.909x ours
+    text = forward.report(results)
+    assert "1.2 against the references (transformers vs the official code), 1.2 for the fast path" in text
+    goals = _goal_rows(text)
+    assert goals["fast path"] == [f">= {1 / 1.2:.3g}", "-", f"{1 / 1.1:.3g}: met"]  # 0.909 >= 0.833
+    assert goals["worst time / official, batch 8"] == ["<= 1.2", "1: met", "1.1: met"]
+    # The references agree, our default path is 1.15x the official code: the fast path is allowed that spread
+    # against the default path, the goals against the references only 5 %.
+    row["seconds"] |= {"transformers": 1.0, "ours": 1.15, forward.FAST: 1.3}
+    goals = _goal_rows(forward.report(results))
+    assert goals["fast path"] == [f">= {1 / 1.15:.3g}", "-", f"{1.15 / 1.3:.3g}: met"]  # 0.885 >= 0.870
+    assert goals["worst time / official, batch 8"][:2] == ["<= 1.05", "1.15: missed"]
+    row["seconds"] |= {"ours": 1.0}  # the same kernels agree: 5 % is all the noise allowed
+    assert _goal_rows(forward.report(results))["fast path"] == [f">= {1 / 1.05:.3g}", "-", f"{1 / 1.3:.3g}: missed"]
 
 
 def test_options_without_a_benchmark_name_are_refused_with_a_hint() -> None:
@@ -228,10 +251,20 @@ def test_train_report_ratios_and_verdicts_held_to_the_host(kind: str) -> None:
     assert goals["bf16 loss within 2 % of float32 at every step"] == ["<= 0.02", "3.0e-02", "missed"]
     assert "ours only" not in text and "The fast path's choices in this run: made-up choices." in text
     assert "oneDNN's float32 product 440 GFLOP/s" in text if avx512 else "(0.90x)" in text
+    # The same kernels (ours, official) at 2.0 and 1.8 images/s: 1.11x of noise in the run, allowed.
+    results["steps"]["rows"]["official"] = row(1.8)  # type: ignore[index]
+    goals = _goal_rows(train.report(results))
+    assert goals["float32 fast path / our default path, images/s"][0] == (
+        f">= {over_ours:.3g}x" if avx512 else f">= {1.8 / 2.0:.3g}x"
+    )
     if not avx512:
         bf16["warned"] = False  # a command that stayed silent misses the goal
         goals = _goal_rows(train.report(results))
-        assert goals["bf16 autocast / the official engine, images/s"] == ["warns", "0.05x, NOT warned", "missed"]
+        assert goals["bf16 autocast / the official engine, images/s"] == [
+            "warns",
+            f"{0.1 / 1.8:.2f}x, NOT warned",
+            "missed",
+        ]
 
 
 def test_train_benchmark_runs_the_official_engine(tmp_path: Path) -> None:
