@@ -31,7 +31,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -43,7 +42,7 @@ from torch import Tensor, nn
 
 import mae
 from benchmarks import host, train
-from benchmarks.train import SLOW_FACTOR, _quiet, _ratio, fast_applies, timed_call
+from benchmarks.train import SLOW_FACTOR, _quiet, _ratio, fast_applies
 from mae.cpu import warn_if_reduced_precision_is_slow
 from mae.onednn import fast_path_summary
 from mae.train.distributed import Dist
@@ -187,10 +186,6 @@ def _assert_official_optimizer() -> None:
     assert "torch.optim.AdamW(param_groups,lr=args.lr)" in source, "the official fine-tuning optimizer changed"
 
 
-def _bytes(tensors: Iterator[Tensor]) -> int:
-    return sum(t.numel() * t.element_size() for t in tensors)
-
-
 def build_calls(
     args: argparse.Namespace, device: torch.device
 ) -> tuple[dict[str, Callable[[], Stats]], nn.Module, torch.optim.Optimizer, int]:
@@ -230,48 +225,10 @@ def bench_steps(args: argparse.Namespace, device: torch.device) -> dict[str, Any
 
         return go
 
-    warm: dict[str, tuple[float, float | None]] = {}
-    for name in calls:
-        warm[name] = timed_call(call(name), device)
-        print(f"[finetune] warm-up {name}: {warm[name][0]:.2f} s", file=sys.stderr)
-        if name == "compile":
-            call(name)()  # a second compiled call, in case the first left a recompilation behind
-    # AdamW allocates its moments at the first step: weights and optimizer state now exist, before any timed call.
-    state = _bytes(iter(model.parameters())) + _bytes(
-        t for s in optimizer.state.values() for t in s.values() if isinstance(t, Tensor)
-    )
-    reference = warm["ours"][0] if "ours" in warm else None
-    slow = set()
-    if reference and not args.repeat_slow:
-        slow = {n for n, (s, _) in warm.items() if n != "compile" and s > SLOW_FACTOR * reference}
-    seconds: dict[str, list[float]] = {name: [] for name in calls}
-    peaks: dict[str, list[float]] = {name: [] for name in calls}
-    for i in range(args.rounds):
-        for name in calls:
-            if name in slow:
-                continue
-            s, peak = timed_call(call(name), device)
-            seconds[name].append(s)
-            if peak is not None:
-                peaks[name].append(peak)
-        line = ", ".join(f"{n} {v[-1]:.2f} s" for n, v in seconds.items() if v)
-        print(f"[finetune] round {i + 1}/{args.rounds}: {line}", file=sys.stderr)
-    rows: dict[str, dict[str, Any]] = {}
-    for name in calls:
-        samples = seconds[name] or [warm[name][0]]
-        warm_peak = warm[name][1]
-        peak_samples = peaks[name] or ([warm_peak] if warm_peak is not None else [])
-        median = statistics.median(samples)
-        rows[name] = {
-            "seconds": samples,
-            "images_per_s": args.steps * args.batch / median,
-            "seconds_per_step": median / args.steps,
-            "peak_growth_bytes": max(peak_samples) if peak_samples else None,
-            "warmup_s": warm[name][0],
-            "warmup_only": name in slow,
-            "lr": float(last[name]["lr"]),  # the engine's average over its last call's steps (largest group's)
-            "loss": float(last[name]["loss"]),
-        }
+    rows, state = train.time_rounds({name: call(name) for name in calls}, model, optimizer, args, device, "finetune")
+    for name, row in rows.items():
+        row["lr"] = float(last[name]["lr"])  # the engine's average over its last call's steps (largest group's)
+        row["loss"] = float(last[name]["loss"])
     return {"rows": rows, "state_bytes": state, "img_size": img_size}
 
 

@@ -247,6 +247,63 @@ def _bytes(tensors: Iterator[torch.Tensor]) -> int:
     return sum(t.numel() * t.element_size() for t in tensors)
 
 
+def time_rounds(
+    functions: dict[str, Callable[[], None]],
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    args: argparse.Namespace,
+    device: torch.device,
+    tag: str,
+) -> tuple[dict[str, dict[str, Any]], int]:
+    """Time each variant's call: one warm-up call each, then ``args.rounds`` round-robin rounds (medians).
+
+    A variant whose warm-up took over SLOW_FACTOR times "ours" keeps its warm-up time only (unless
+    ``args.repeat_slow``). Returns a row per variant (seconds, images/s, s/step, peak memory growth, warm-up)
+    and the bytes of the weights and optimizer state of ``model``.
+    """
+    warm: dict[str, tuple[float, float | None]] = {}
+    for name, f in functions.items():
+        warm[name] = timed_call(f, device)
+        print(f"[{tag}] warm-up {name}: {warm[name][0]:.2f} s", file=sys.stderr)
+        if name == "compile":
+            f()  # the second compiled call recompiles once more (the mask's noise is drawn outside the graph)
+    # AdamW allocates its moments at the first step: weights and optimizer state now exist, before any timed call.
+    state = _bytes(iter(model.parameters())) + _bytes(
+        t for s in optimizer.state.values() for t in s.values() if isinstance(t, torch.Tensor)
+    )
+    reference = warm["ours"][0] if "ours" in warm else None
+    slow = set()
+    if reference and not args.repeat_slow:
+        slow = {n for n, (s, _) in warm.items() if n != "compile" and s > SLOW_FACTOR * reference}
+    seconds: dict[str, list[float]] = {name: [] for name in functions}
+    peaks: dict[str, list[float]] = {name: [] for name in functions}
+    for i in range(args.rounds):
+        for name, f in functions.items():
+            if name in slow:
+                continue
+            s, peak = timed_call(f, device)
+            seconds[name].append(s)
+            if peak is not None:
+                peaks[name].append(peak)
+        line = ", ".join(f"{n} {v[-1]:.2f} s" for n, v in seconds.items() if v)
+        print(f"[{tag}] round {i + 1}/{args.rounds}: {line}", file=sys.stderr)
+    rows: dict[str, dict[str, Any]] = {}
+    for name in functions:
+        samples = seconds[name] or [warm[name][0]]
+        warm_peak = warm[name][1]
+        peak_samples = peaks[name] or ([warm_peak] if warm_peak is not None else [])
+        median = statistics.median(samples)
+        rows[name] = {
+            "seconds": samples,
+            "images_per_s": args.steps * args.batch / median,
+            "seconds_per_step": median / args.steps,
+            "peak_growth_bytes": max(peak_samples) if peak_samples else None,
+            "warmup_s": warm[name][0],
+            "warmup_only": name in slow,
+        }
+    return rows, state
+
+
 def bench_steps(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
     torch.manual_seed(0)
     model = build_ours(args.model).to(device)
@@ -271,46 +328,7 @@ def bench_steps(args: argparse.Namespace, device: torch.device) -> dict[str, Any
             official.load_state_dict(model.state_dict(), strict=True)
             functions[name] = official_call(official, loader, device, schedule)
 
-    warm: dict[str, tuple[float, float | None]] = {}
-    for name, f in functions.items():
-        warm[name] = timed_call(f, device)
-        print(f"[train] warm-up {name}: {warm[name][0]:.2f} s", file=sys.stderr)
-        if name == "compile":
-            f()  # the second compiled call recompiles once more (the mask's noise is drawn outside the graph)
-    # AdamW allocates its moments at the first step: weights and optimizer state now exist, before any timed call.
-    state = _bytes(iter(model.parameters())) + _bytes(
-        t for s in optimizer.state.values() for t in s.values() if isinstance(t, torch.Tensor)
-    )
-    reference = warm["ours"][0] if "ours" in warm else None
-    slow = set()
-    if reference and not args.repeat_slow:
-        slow = {n for n, (s, _) in warm.items() if n != "compile" and s > SLOW_FACTOR * reference}
-    seconds: dict[str, list[float]] = {name: [] for name in functions}
-    peaks: dict[str, list[float]] = {name: [] for name in functions}
-    for i in range(args.rounds):
-        for name, f in functions.items():
-            if name in slow:
-                continue
-            s, peak = timed_call(f, device)
-            seconds[name].append(s)
-            if peak is not None:
-                peaks[name].append(peak)
-        line = ", ".join(f"{n} {v[-1]:.2f} s" for n, v in seconds.items() if v)
-        print(f"[train] round {i + 1}/{args.rounds}: {line}", file=sys.stderr)
-    rows: dict[str, dict[str, Any]] = {}
-    for name in functions:
-        samples = seconds[name] or [warm[name][0]]
-        warm_peak = warm[name][1]
-        peak_samples = peaks[name] or ([warm_peak] if warm_peak is not None else [])
-        median = statistics.median(samples)
-        rows[name] = {
-            "seconds": samples,
-            "images_per_s": args.steps * args.batch / median,
-            "seconds_per_step": median / args.steps,
-            "peak_growth_bytes": max(peak_samples) if peak_samples else None,
-            "warmup_s": warm[name][0],
-            "warmup_only": name in slow,
-        }
+    rows, state = time_rounds(functions, model, optimizer, args, device, "train")
     return {"rows": rows, "state_bytes": state, "img_size": config.img_size}
 
 
