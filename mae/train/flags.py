@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+import torch
+
 
 def flag(parser: argparse.ArgumentParser | Any, name: str, *more: str, **kwargs: Any) -> None:
     """``--name_with_underscores``, also as ``--name-with-dashes``, stored under the underscored name."""
@@ -58,3 +60,38 @@ def key_values(items: list[str], option: str) -> dict[str, Any]:
                     continue
         parsed[name.strip()] = value
     return parsed
+
+
+def add_loader_flags(group: Any) -> None:
+    """How the data is read: ``--num_workers`` and ``--pin_mem`` / ``--no_pin_mem`` (official defaults)."""
+    flag(group, "num_workers", type=non_negative(int), default=10)
+    flag(group, "pin_mem", action="store_true", default=True, help="pin host memory for CUDA copies (default)")
+    flag(group, "no_pin_mem", action="store_false", dest="pin_mem")
+
+
+def add_device_and_distributed_flags(parser: argparse.ArgumentParser) -> None:
+    """The flags every training command shares after its own: device, seed, precision, the fast path,
+    compile; the official distributed flags (set by torchrun); and ``--overwrite``."""
+    g = parser.add_argument_group("device and precision")
+    flag(
+        g,
+        "device",
+        default="cuda" if torch.cuda.is_available() else "cpu",
+        help="cuda or cpu (default: cuda if present)",
+    )
+    flag(g, "seed", type=int, default=0, help="each process seeds seed + rank")
+    flag(
+        g,
+        "dtype",
+        choices=["auto", "float32", "bfloat16", "float16"],
+        default="auto",
+        help="auto: float16 on CUDA (as official), float32 on CPU",
+    )
+    flag(g, "fast", action="store_true", help="float32 on CPU: linear layers by oneDNN (mae.set_onednn_linear)")
+    flag(g, "compile", action="store_true", help="torch.compile the model")
+    g = parser.add_argument_group("distributed (launch with torchrun)")
+    flag(g, "world_size", type=int, default=1, help="set by torchrun")
+    flag(g, "local_rank", type=int, default=-1, help="set by torchrun")
+    flag(g, "dist_on_itp", action="store_true", help="read ranks from OpenMPI variables")
+    flag(g, "dist_url", default="env://")
+    flag(g, "overwrite", action="store_true", help="start afresh even if OUTPUT holds checkpoints")

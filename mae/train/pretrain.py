@@ -36,7 +36,7 @@ from ..onednn import set_onednn_linear
 from . import distributed, metrics
 from .data import build_loader, build_pretrain_dataset
 from .engine_pretrain import NonFiniteLossError, train_one_epoch
-from .flags import flag, key_values, non_negative, positive
+from .flags import add_device_and_distributed_flags, add_loader_flags, flag, key_values, non_negative, positive
 from .optim import build_adamw
 from .precision import autocast, grad_scaler, resolve_dtype, warn_if_fast_path_gains_nothing
 from .run_checkpoint import read_run_checkpoint, resolve_resume
@@ -120,32 +120,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     flag(g, "resume", default="", help="a checkpoint-N.pth (or its folder, for the latest) to continue")
     flag(g, "start_epoch", type=non_negative(int), default=0, metavar="N")
-    flag(g, "num_workers", type=non_negative(int), default=10)
-    flag(g, "pin_mem", action="store_true", default=True, help="pin host memory for CUDA copies (default)")
-    flag(g, "no_pin_mem", action="store_false", dest="pin_mem")
-    g = parser.add_argument_group("device and precision")
-    flag(
-        g,
-        "device",
-        default="cuda" if torch.cuda.is_available() else "cpu",
-        help="cuda or cpu (default: cuda if present)",
-    )
-    flag(g, "seed", type=int, default=0, help="each process seeds seed + rank")
-    flag(
-        g,
-        "dtype",
-        choices=["auto", "float32", "bfloat16", "float16"],
-        default="auto",
-        help="auto: float16 on CUDA (as official), float32 on CPU",
-    )
-    flag(g, "fast", action="store_true", help="float32 on CPU: linear layers by oneDNN (mae.set_onednn_linear)")
-    flag(g, "compile", action="store_true", help="torch.compile the model")
-    g = parser.add_argument_group("distributed (launch with torchrun)")
-    flag(g, "world_size", type=int, default=1, help="set by torchrun")
-    flag(g, "local_rank", type=int, default=-1, help="set by torchrun")
-    flag(g, "dist_on_itp", action="store_true", help="read ranks from OpenMPI variables")
-    flag(g, "dist_url", default="env://")
-    flag(g, "overwrite", action="store_true", help="start afresh even if OUTPUT holds checkpoints")
+    add_loader_flags(g)
+    add_device_and_distributed_flags(parser)
 
 
 def check_arguments(args: argparse.Namespace) -> dict[str, Any]:
