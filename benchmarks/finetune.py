@@ -31,7 +31,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,8 +41,7 @@ from torch import Tensor, nn
 
 import mae
 from benchmarks import host, train
-from benchmarks.train import SLOW_FACTOR, _quiet, _ratio, fast_applies
-from mae.cpu import warn_if_reduced_precision_is_slow
+from benchmarks.train import SLOW_FACTOR, _quiet, fast_applies
 from mae.onednn import fast_path_summary
 from mae.train.distributed import Dist
 from mae.train.engine_finetune import train_one_epoch
@@ -292,54 +290,13 @@ def goals(results: dict[str, Any]) -> list[str]:
 
 def report(results: dict[str, Any]) -> str:
     steps, a = results["steps"], results["args"]
-    rows = steps["rows"]
-    ours, official = rows.get("ours", {}).get("images_per_s"), rows.get("official", {}).get("images_per_s")
-    memory = "peak CUDA memory growth" if results["device"].startswith("cuda") else "peak RSS growth"
     r = recipe_of(a["model"])
-    lines = [
-        f"Machine: {results['host']}; device {results['device']}.",
-        "",
+    setup = (
         f"{a['model']} classifier ({CLASSES} classes, drop path {r.drop_path}), batch {a['batch']} at "
         f"{steps['img_size']} px, mixup {MIXING.mixup} / cutmix {MIXING.cutmix}, smoothing {MIXING.smoothing}, "
-        f"SoftTargetCrossEntropy, AdamW over layer-decay {r.layer_decay} groups; {a['steps']} step(s) per call, "
-        f"variants alternating, median of {a['rounds']} rounds after one warm-up call each.",
-        "",
-        f"| variant | images/s | s/step | s/step min-max | / ours float32 | / official | {memory} per call (GB) "
-        "| calls timed |",
-        "|---" * 8 + "|",
-    ]
-    for name, row in rows.items():
-        per_step = [s / a["steps"] for s in row["seconds"]]
-        timed = f"1 (its warm-up; > {SLOW_FACTOR:g}x float32)" if row["warmup_only"] else str(len(row["seconds"]))
-        peak = row["peak_growth_bytes"]
-        cells = [
-            LABELS[name], f"{row['images_per_s']:.3g}", f"{row['seconds_per_step']:.2f}",
-            f"{min(per_step):.2f}-{max(per_step):.2f}", _ratio(row["images_per_s"], ours),
-            _ratio(row["images_per_s"], official), "-" if peak is None else f"{peak / 1e9:.3g}", timed,
-        ]  # fmt: skip
-        lines.append("| " + " | ".join(cells) + " |")
-    if "fast_path" in results:
-        lines += ["", f"The fast path's choices in this run: {results['fast_path']}."]
-    lines += ["", *goals(results), ""]
-    if official is None:
-        lines.append("The official engine was not run (MAE_OFFICIAL_REPO unset): ours only.")
-    if "compile" in rows:
-        lines.append(
-            f"torch.compile: first call (compilation and {a['steps']} step(s)) {rows['compile']['warmup_s']:.0f} s "
-            "(inductor's on-disk cache shortens it in later runs)."
-        )
-    lines.append(
-        f"Weights and AdamW state of our model: {steps['state_bytes'] / 1e9:.3g} GB (shared by our variants, allocated "
-        "before the timed calls; not in the peak column)."
+        f"SoftTargetCrossEntropy, AdamW over layer-decay {r.layer_decay} groups"
     )
-    load = results["load_average"]
-    threads = torch.get_num_threads()
-    lines.append(
-        f"Load average (1 min) at the start and the end: {load[0]:.1f}, {load[1]:.1f} on {os.cpu_count()} CPUs; this "
-        f"benchmark's own {threads} threads account for up to {threads} of it, and more means other processes "
-        "competed for the cores (noisier, slower times)."
-    )
-    return "\n".join(lines)
+    return train.steps_report(results, LABELS, setup, goals(results), [])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -360,26 +317,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--batch must be even and >= 2 (Mixup/CutMix mix pairs of images); got {args.batch}")
     if args.rounds < 1 or args.steps < 1:
         parser.error("--rounds and --steps must be >= 1")
-    device = torch.device(args.device)
-    notes = []
-    if "fast" in args.variants and not fast_applies(device):
-        args.variants.remove("fast")
-        notes.append("--fast left out: it is the float32 CPU path (oneDNN)")
-    if "official" in args.variants:
-        from reference.official import skip_reason
-
-        reason = skip_reason()
-        if reason:
-            args.variants.remove("official")
-            notes.append(f"official engine left out: {reason}")
-    for note in notes:
-        print(f"[finetune] {note}", file=sys.stderr)
-    if "bf16" in args.variants:
-        warn_if_reduced_precision_is_slow(torch.bfloat16, device, "--dtype", training=True)
+    device, results = train.start(args, "finetune")
     start_load = os.getloadavg()[0]
-    results: dict[str, Any] = {"host": host.describe(device), "device": str(device), "notes": notes,
-                               "args": {k: v for k, v in vars(args).items() if k != "json"}}  # fmt: skip
-    print(f"[finetune] {results['host']}", file=sys.stderr)
     # Both ceilings, whatever the variants: the goal against the official engine is held to the larger gain.
     every = argparse.Namespace(model=args.model, variants=["bf16", *(["fast"] if fast_applies(device) else [])])
     results["ceilings"] = train.ceilings(every, device)

@@ -49,13 +49,23 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def rotated(functions: dict[str, Callable[[], Any]], shift: int) -> list[tuple[str, Callable[[], Any]]]:
+    """The functions in their order started ``shift`` places later (wrapping around)."""
+    items = list(functions.items())
+    k = shift % len(items) if items else 0
+    return items[k:] + items[:k]
+
+
 def timed(functions: dict[str, Callable[[], Any]], repeats: int, device: torch.device) -> dict[str, float]:
-    """Median seconds of each function; one warm-up each, then the functions alternate per repetition."""
+    """Median seconds of each function; one warm-up each, then the functions alternate per repetition.
+
+    The order rotates by one each repetition, so that no function always runs first (right after the
+    ceiling's large products) or last: a fixed order gave the first one a few percent more time."""
     for f in functions.values():
         f()
     samples: dict[str, list[float]] = {name: [] for name in functions}
-    for _ in range(repeats):
-        for name, f in functions.items():
+    for r in range(repeats):
+        for name, f in rotated(functions, r):
             _sync(device)
             start = time.perf_counter()
             f()

@@ -60,7 +60,7 @@ from torch import nn
 
 import mae
 from benchmarks import host
-from benchmarks.forward import GEMM_SIZE, gemm_products, timed
+from benchmarks.forward import GEMM_SIZE, gemm_products, rotated, timed
 from mae.cpu import warn_if_reduced_precision_is_slow
 from mae.onednn import fast_path_summary
 from mae.train.distributed import Dist
@@ -278,7 +278,7 @@ def time_rounds(
     seconds: dict[str, list[float]] = {name: [] for name in functions}
     peaks: dict[str, list[float]] = {name: [] for name in functions}
     for i in range(args.rounds):
-        for name, f in functions.items():
+        for name, f in rotated(functions, i):  # each variant in each place of the round in turn
             if name in slow:
                 continue
             s, peak = timed_call(f, device)
@@ -480,7 +480,12 @@ def goals(results: dict[str, Any]) -> list[str]:
     return lines
 
 
-def report(results: dict[str, Any]) -> str:
+def steps_report(
+    results: dict[str, Any], labels: dict[str, str], setup: str, goal_lines: list[str], extra: list[str]
+) -> str:
+    """The report of a training-step benchmark: the machine, ``setup`` (what a step does), a table of the
+    variants, the fast path's choices, ``goal_lines``, the notes (official engine, compile, state memory),
+    ``extra`` notes, and the load average."""
     steps, a = results["steps"], results["args"]
     rows = steps["rows"]
     ours, official = rows.get("ours", {}).get("images_per_s"), rows.get("official", {}).get("images_per_s")
@@ -488,9 +493,8 @@ def report(results: dict[str, Any]) -> str:
     lines = [
         f"Machine: {results['host']}; device {results['device']}.",
         "",
-        f"{a['model']} model, batch {a['batch']} at {steps['img_size']} px, mask ratio {MASK_RATIO}, AdamW (official "
-        f"groups, betas {BETAS}); {a['steps']} step(s) per call, variants alternating, median of {a['rounds']} "
-        "rounds after one warm-up call each.",
+        f"{setup}; {a['steps']} step(s) per call, variants alternating, median of {a['rounds']} rounds after one "
+        "warm-up call each.",
         "",
         f"| variant | images/s | s/step | s/step min-max | / ours float32 | / official | {memory} per call (GB) "
         "| calls timed |",
@@ -501,14 +505,14 @@ def report(results: dict[str, Any]) -> str:
         timed = f"1 (its warm-up; > {SLOW_FACTOR:g}x float32)" if row["warmup_only"] else str(len(row["seconds"]))
         peak = row["peak_growth_bytes"]
         cells = [
-            LABELS[name], f"{row['images_per_s']:.3g}", f"{row['seconds_per_step']:.2f}",
+            labels[name], f"{row['images_per_s']:.3g}", f"{row['seconds_per_step']:.2f}",
             f"{min(per_step):.2f}-{max(per_step):.2f}", _ratio(row["images_per_s"], ours),
             _ratio(row["images_per_s"], official), "-" if peak is None else f"{peak / 1e9:.3g}", timed,
         ]  # fmt: skip
         lines.append("| " + " | ".join(cells) + " |")
     if "fast_path" in results:
         lines += ["", f"The fast path's choices in this run: {results['fast_path']}."]
-    lines += ["", *goals(results), ""]
+    lines += ["", *goal_lines, ""]
     if official is None:
         lines.append("The official engine was not run (MAE_OFFICIAL_REPO unset): ours only.")
     if "compile" in rows:
@@ -520,14 +524,7 @@ def report(results: dict[str, Any]) -> str:
         f"Weights and AdamW state of our model: {steps['state_bytes'] / 1e9:.3g} GB (shared by our variants, allocated "
         "before the timed calls; not in the peak column)."
     )
-    curve = results.get("curve")
-    if curve:
-        ref = curve["curves"]["ours"]
-        gaps = ", ".join(f"{n} {g:.1e}" for n, g in curve["max_rel_diff"].items()) or "no other path run"
-        lines.append(
-            f"Loss curve, {curve['model']} model, batch {curve['batch']}, {curve['steps']} steps from seed 0: float32 "
-            f"{ref[0]:.4f} -> {ref[-1]:.4f}; largest relative difference from float32 at any step: {gaps}."
-        )
+    lines += extra
     load = results["load_average"]
     lines.append(
         f"Load average (1 min) at the start and the end: {load[0]:.1f}, {load[1]:.1f} on {os.cpu_count()} CPUs; this "
@@ -535,6 +532,49 @@ def report(results: dict[str, Any]) -> str:
         "more means other processes competed for the cores (noisier, slower times)."
     )
     return "\n".join(lines)
+
+
+def report(results: dict[str, Any]) -> str:
+    steps, a = results["steps"], results["args"]
+    setup = (
+        f"{a['model']} model, batch {a['batch']} at {steps['img_size']} px, mask ratio {MASK_RATIO}, AdamW (official "
+        f"groups, betas {BETAS})"
+    )
+    extra = []
+    curve = results.get("curve")
+    if curve:
+        ref = curve["curves"]["ours"]
+        gaps = ", ".join(f"{n} {g:.1e}" for n, g in curve["max_rel_diff"].items()) or "no other path run"
+        extra.append(
+            f"Loss curve, {curve['model']} model, batch {curve['batch']}, {curve['steps']} steps from seed 0: float32 "
+            f"{ref[0]:.4f} -> {ref[-1]:.4f}; largest relative difference from float32 at any step: {gaps}."
+        )
+    return steps_report(results, LABELS, setup, goals(results), extra)
+
+
+def start(args: argparse.Namespace, tag: str) -> tuple[torch.device, dict[str, Any]]:
+    """Leave out the variants that cannot run here (saying why), warn before a slow bf16 run, print the
+    host; returns the device and the results' header (host, device, notes, arguments)."""
+    device = torch.device(args.device)
+    notes = []
+    if "fast" in args.variants and not fast_applies(device):
+        args.variants.remove("fast")
+        notes.append("--fast left out: it is the float32 CPU path (oneDNN)")
+    if "official" in args.variants:
+        from reference.official import skip_reason
+
+        reason = skip_reason()
+        if reason:
+            args.variants.remove("official")
+            notes.append(f"official engine left out: {reason}")
+    for note in notes:
+        print(f"[{tag}] {note}", file=sys.stderr)
+    if "bf16" in args.variants:
+        warn_if_reduced_precision_is_slow(torch.bfloat16, device, "--dtype", training=True)
+    results: dict[str, Any] = {"host": host.describe(device), "device": str(device), "notes": notes,
+                               "args": {k: v for k, v in vars(args).items() if k != "json"}}  # fmt: skip
+    print(f"[{tag}] {results['host']}", file=sys.stderr)
+    return device, results
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -553,26 +593,8 @@ def main(argv: list[str] | None = None) -> int:
     unknown = set(args.variants) - set(LABELS)
     if unknown:
         parser.error(f"unknown variants {sorted(unknown)}; valid: {', '.join(LABELS)}")
-    device = torch.device(args.device)
-    notes = []
-    if "fast" in args.variants and not fast_applies(device):
-        args.variants.remove("fast")
-        notes.append("--fast left out: it is the float32 CPU path (oneDNN)")
-    if "official" in args.variants:
-        from reference.official import skip_reason
-
-        reason = skip_reason()
-        if reason:
-            args.variants.remove("official")
-            notes.append(f"official engine left out: {reason}")
-    for note in notes:
-        print(f"[train] {note}", file=sys.stderr)
-    if "bf16" in args.variants:
-        warn_if_reduced_precision_is_slow(torch.bfloat16, device, "--dtype", training=True)
+    device, results = start(args, "train")
     start_load = os.getloadavg()[0]
-    results: dict[str, Any] = {"host": host.describe(device), "device": str(device), "notes": notes,
-                               "args": {k: v for k, v in vars(args).items() if k != "json"}}  # fmt: skip
-    print(f"[train] {results['host']}", file=sys.stderr)
     results["ceilings"] = ceilings(args, device)
     results["steps"] = bench_steps(args, device)
     if "fast" in args.variants:
