@@ -76,6 +76,8 @@ def _inspect(args: argparse.Namespace) -> int:
     from .checkpoint import inspect_checkpoint
 
     info = inspect_checkpoint(args.file)
+    if info.model_name is None and info.kind in ("full", "encoder"):
+        name_from_registry(info)
     if args.json:
         record = dataclasses.asdict(info)
         record["official"] = dataclasses.asdict(info.official) if info.official else None
@@ -83,6 +85,30 @@ def _inspect(args: argparse.Namespace) -> int:
         return 0
     print(format_info(info, Path(args.file)))
     return 0
+
+
+def name_from_registry(info: CheckpointInfo) -> None:
+    """Name a file of a registered, non-official variant (e.g. ViT-S/16) in ``info``, in place.
+
+    The checkpoint layer names the official variants only (it knows no model class); here, above both, the
+    registry is read: the first registered variant whose encoder (patch, channels, width, depth) and, where
+    the file has one, decoder (width, depth) have the file's sizes. Head counts are not in the weights, so
+    this is a suggestion, as the official names are."""
+    from . import models
+
+    for variant in models.list_variants():
+        with torch.device("meta"):  # chỉ cần cấu hình, không cấp phát trọng số
+            c = variant.factory().config
+        encoder = (c.patch_size, c.in_chans, c.embed_dim, c.depth)
+        if encoder != (info.patch_size, info.in_chans, info.embed_dim, info.depth):
+            continue
+        if info.decoder_embed_dim is not None and (c.decoder_embed_dim, c.decoder_depth) != (
+            info.decoder_embed_dim,
+            info.decoder_depth,
+        ):
+            continue
+        info.model_name, info.variant = variant.name, variant.display
+        return
 
 
 def format_info(info: CheckpointInfo, path: Path) -> str:

@@ -23,6 +23,7 @@ from torch import nn
 
 import helpers
 import mae
+import mae.cli
 from helpers import full_model, small_config, variant_params
 from mae import verify
 from mae.models import get_variant, list_variants, register_model, unregister_model
@@ -343,3 +344,35 @@ def test_the_official_variants_are_the_pinned_ones() -> None:
     official = {v.name for v in list_variants(official=True)}
     assert official == set(helpers.VARIANTS.values()) == set(verify.OFFICIAL_VARIANTS.values())
     assert helpers.VARIANTS == verify.OFFICIAL_VARIANTS
+
+
+def test_inspect_names_a_file_of_a_registered_variant(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    throwaways: Callable[[str, Callable[..., mae.MaskedAutoencoderViT]], None],
+) -> None:
+    """`mae inspect` names a registered non-official variant's file (the checkpoint layer knows only the official
+    names) by its encoder and decoder sizes, and the `create_model` line it prints loads the file."""
+    sizes = dict(img_size=32, patch_size=8, embed_dim=40, depth=3, num_heads=4, decoder_embed_dim=24, decoder_depth=2)
+    throwaways("mae_vit_inspect_me", lambda **o: mae.MaskedAutoencoderViT(small_config(**{**sizes, **o})))
+    torch.manual_seed(0)
+    state = mae.MaskedAutoencoderViT(small_config(**sizes)).state_dict()
+    other = mae.MaskedAutoencoderViT(small_config(**{**sizes, "decoder_depth": 1})).state_dict()
+    files = {
+        "full": {"model": state},
+        "encoder": {"model": {k: v for k, v in state.items() if not k.startswith(("decoder_", "mask_token"))}},
+        "other_decoder": {"model": other},  # mọi kích thước khớp trừ số khối decoder: không được đặt tên
+    }
+    printed = {}
+    for name, content in files.items():
+        torch.save(content, tmp_path / f"{name}.pth")
+        assert mae.cli.main(["inspect", str(tmp_path / f"{name}.pth")]) == 0
+        printed[name] = capsys.readouterr().out
+    for name in ("full", "encoder"):
+        line = f"load with:     mae.create_model('mae_vit_inspect_me', checkpoint_path='{tmp_path / name}.pth')"
+        assert line in printed[name] and "architecture:  throwaway mae_vit_inspect_me, 3 blocks" in printed[name]
+    assert "load with" not in printed["other_decoder"] and "a custom ViT/8" in printed["other_decoder"]
+    loaded = mae.create_model("mae_vit_inspect_me", checkpoint_path=tmp_path / "full.pth")
+    assert all(torch.equal(loaded.state_dict()[k], v) for k, v in state.items())
+    assert mae.cli.main(["inspect", "--json", str(tmp_path / "full.pth")]) == 0
+    assert json.loads(capsys.readouterr().out)["model_name"] == "mae_vit_inspect_me"
