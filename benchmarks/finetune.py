@@ -275,7 +275,8 @@ def goals(results: dict[str, Any]) -> list[str]:
     add("float32 fast path / our default path, images/s", host.fast_over_default_bound(ratio),
         fast / ours if fast and ours else None, "not measured (fast or ours not run)")  # fmt: skip
     precision = found.get("bf16")
-    if precision and precision["speedup"] is not None and precision["speedup"] < host.GAIN:
+    if host.warning_is_the_goal(precision):
+        assert precision is not None
         said, verdict = ("warned", "met") if precision["warned"] else ("NOT warned", "missed")
         lines.append(
             f"| bf16: its products take {1 / precision['speedup']:.1f}x float32's time here, so `mae finetune "

@@ -370,7 +370,7 @@ def _bf16_goal(b: dict[str, Any], columns: int) -> str:
     ceiling = b["ceiling"]
     product = ceiling["speedup"]
     measured = f"{speedup:.2f}x, loss {b['loss_rel_diff']:.1e}"
-    if product is None or product >= host.GAIN:
+    if not host.warning_is_the_goal(ceiling):
         bound = host.speed_ratio_bound(GOALS["bf16_speedup"], product if product is not None else float("inf"))
         goal = f"bf16 autocast speed-up over float32 (issue: >= {GOALS['bf16_speedup']:g}x), loss within 1 %"
         ok = speedup >= bound and loss_ok

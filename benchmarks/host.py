@@ -88,12 +88,26 @@ def speed_ratio_bound(goal: float, gain: float, noise: float = NOISE) -> float:
     return min(goal, gain / noise)
 
 
-def precision_ceiling(dtype: torch.dtype, device: torch.device, *, training: bool, rows: int = 512) -> dict[str, Any]:
+def precision_ceiling(dtype: torch.dtype, device: torch.device, *, training: bool) -> dict[str, Any]:
     """bf16 (or float16) products against float32 on this host: their speed-ratio (float32 time / reduced time,
-    the slower of the forward's and, with `training`, the backward's product) and whether `mae` warns."""
+    the slower of the forward's and, with `training`, the backward's product) and whether `mae` warns.
+
+    Both come from one measurement, the one `mae`'s commands make before a run (`cpu.measure_product_cost`, made
+    once per process): two measurements of the same products on a busy machine can fall on either side of a
+    threshold, and the goal chosen from one would then be judged by the other."""
     if device.type != "cpu":
         return {"speedup": None, "warned": False, "detail": "GPU: native reduced precision assumed"}
-    cost = cpu.measure_product_cost(dtype, backward=training, rows=rows)
+    cost = cpu.measure_product_cost(dtype, backward=training)
     slowest = max(cost.forward_ratio, cost.backward_ratio or 0.0)
     warning = cpu.reduced_precision_warning(dtype, device, training=training)
-    return {"speedup": 1 / slowest, "warned": warning is not None, "detail": cost.describe()}
+    return {"speedup": 1 / slowest, "warned": warning is not None, "slower": cost.slower, "detail": cost.describe()}
+
+
+def warning_is_the_goal(ceiling: dict[str, Any] | None) -> bool:
+    """Whether a reduced precision's goal on this host is the warning before a run rather than a speed-up: where
+    the commands find its products slower (`cpu.ProductCost.slower`, from the same measurement as `warned`)."""
+    if not ceiling or ceiling.get("speedup") is None:
+        return False  # not measured, or a GPU
+    if "slower" in ceiling:
+        return bool(ceiling["slower"])
+    return 1 / float(ceiling["speedup"]) >= cpu.SLOWER  # results written before "slower" was recorded

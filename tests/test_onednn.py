@@ -7,6 +7,7 @@ import logging
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -299,10 +300,40 @@ def _by_onednn(x: torch.Tensor, layer: torch.nn.Linear) -> torch.Tensor:
     return torch.ops.mkldnn._linear_pointwise(x, layer.weight, layer.bias, "none", [], "")
 
 
+class _Calls:
+    """Which library computed each product: the two entry points the fast path calls, wrapped. Observing the call
+    holds on every CPU, where the two libraries' bits may or may not differ for a shape (on an AMX Xeon MKL and
+    oneDNN gave the same bits for [10, 200] x [200, 48])."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.made: list[str] = []
+        by_mkl, by_onednn = torch.nn.functional.linear, onednn_module._by_onednn
+
+        def mkl(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+            self.made.append("MKL")
+            return by_mkl(x, weight, bias)
+
+        def onednn(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+            self.made.append("oneDNN")
+            return by_onednn(x, weight, bias)
+
+        monkeypatch.setattr(onednn_module, "F", SimpleNamespace(linear=mkl))
+        monkeypatch.setattr(onednn_module, "_by_onednn", onednn)
+
+    def take(self) -> list[str]:
+        made, self.made = self.made, []
+        return made
+
+
+# What a timed call returns: each library's output marked, so the caller's result names the library it kept.
+TIMED_BY = {"MKL": 1.0, "oneDNN": 2.0}
+
+
 @pytest.fixture
 def fake_timings(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, int, int]]:
     """Timings made up per shape: oneDNN takes half MKL's time for 48 outputs, 0.85x for 40 (a close call, within
-    the margin), twice for any other width. Returns the shapes timed, [rows, in] x [in, out], as they are timed."""
+    the margin), twice for any other width. The outputs of a timing are marked tensors (`TIMED_BY`). Returns the
+    shapes timed, [rows, in] x [in, out], as they are timed."""
     timed: list[tuple[int, int, int]] = []
 
     def time_both(
@@ -311,38 +342,46 @@ def fake_timings(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, int, int]]:
         rows, inner, out = x.numel() // x.shape[-1], x.shape[-1], weight.shape[0]
         timed.append((rows, inner, out))
         onednn_s = {48: 0.5, 40: 0.85}.get(out, 2.0)
-        by_default = torch.nn.functional.linear(x, weight, bias)
-        by_onednn = torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
-        return Choice(rows, inner, out, 1.0, onednn_s), by_default, by_onednn
+        shape = (*x.shape[:-1], out)
+        return Choice(rows, inner, out, 1.0, onednn_s), torch.full(shape, TIMED_BY["MKL"]), torch.full(
+            shape, TIMED_BY["oneDNN"]
+        )
 
     monkeypatch.setattr(onednn_module, "_time_both", time_both)
     return timed
 
 
+def _timed_output_of(y: torch.Tensor) -> str:
+    (library,) = [name for name, mark in TIMED_BY.items() if torch.equal(y, torch.full_like(y, mark))]
+    return library
+
+
 @needs_onednn
 def test_fastest_mode_runs_each_shape_by_the_library_that_timed_faster(
-    fake_timings: list[tuple[int, int, int]], caplog: pytest.LogCaptureFixture
+    fake_timings: list[tuple[int, int, int]], caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     torch.manual_seed(0)
-    # Inner size 200: at 64 the two libraries gave the same bits on one thread (as under pytest -n 2).
     wins, loses, ties = torch.nn.Linear(200, 48), torch.nn.Linear(200, 56), torch.nn.Linear(200, 40)
     x = torch.randn(2, 5, 200)  # 10 rows
     for layer in (wins, loses, ties):
-        # The two libraries give different bits here, so the output tells which one ran.
-        assert not torch.equal(_by_mkl(x, layer), _by_onednn(x, layer))
         set_onednn_linear(layer, True)
+    calls = _Calls(monkeypatch)
     with torch.no_grad(), caplog.at_level(logging.INFO, logger="mae.onednn"):
-        assert torch.equal(wins(x), _by_onednn(x, wins))  # the first call, timed: the faster one's output
-        assert torch.equal(loses(x), _by_mkl(x, loses))
-        assert torch.equal(ties(x), _by_mkl(x, ties))  # 0.85x: within the margin, the default keeps it
+        # The first call of a shape is timed: it returns the output of the library that timed faster.
+        assert _timed_output_of(wins(x)) == "oneDNN"
+        assert _timed_output_of(loses(x)) == "MKL"
+        assert _timed_output_of(ties(x)) == "MKL"  # 0.85x: within the margin, the default keeps it
+        assert calls.take() == []  # the timing computed them, nothing else
         assert fake_timings == [(10, 200, 48), (10, 200, 56), (10, 200, 40)]
         x_more = torch.randn(3, 5, 200)  # 15 rows: the same power-of-two bucket (8-15), not timed again
-        assert torch.equal(wins(x_more), _by_onednn(x_more, wins))
-        assert torch.equal(loses(x_more), _by_mkl(x_more, loses))
+        for layer, library in ((wins, "oneDNN"), (loses, "MKL"), (ties, "MKL")):
+            y = layer(x_more)
+            assert calls.take() == [library]
+            assert torch.equal(y, _by_onednn(x_more, layer) if library == "oneDNN" else _by_mkl(x_more, layer))
         assert len(fake_timings) == 3
         x_many = torch.randn(4, 5, 200)  # 20 rows: a new bucket, timed once
         wins(x_many), wins(x_many)
-        assert fake_timings[3:] == [(20, 200, 48)]
+        assert fake_timings[3:] == [(20, 200, 48)] and calls.take() == ["oneDNN"]
     assert [c.onednn for c in fast_path_choices()] == [True, False, False, True]
     logged = [r.getMessage() for r in caplog.records if r.name == "mae.onednn"]
     assert len(logged) == 4 and logged[0].endswith("[10, 200] x [200, 48]: MKL 1000.00 ms, oneDNN 500.00 ms -> oneDNN")

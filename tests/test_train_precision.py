@@ -76,13 +76,15 @@ def test_bf16_slower_than_float32_on_this_cpu_warns_with_the_measured_figures(
         assert (emulated in message) == (flags is not None)
 
 
-def test_the_measurement_finds_emulated_bf16_slower() -> None:
-    """On this machine, for real: where the CPU advertises no bf16 instructions, bf16 must time slower."""
+def test_the_real_measurement_runs_and_gives_positive_figures() -> None:
+    """On this machine, for real, but only its shape: which side of SLOWER a timing falls on a busy machine is
+    not a test's to decide (the decisions are tested above, on made-up timings on both sides)."""
     cost = cpu.measure_product_cost(torch.bfloat16)
-    assert cost.float32_s > 0 and cost.reduced_s > 0 and cost.backward_ratio is not None
-    if cpu.cpu_has_native(torch.bfloat16) is False:
-        assert cost.slower, cost.describe()
-        assert cpu.reduced_precision_warning(torch.bfloat16, CPU, "--dtype", training=True) is not None
+    assert cost.dtype == torch.bfloat16 and cost.float32_s > 0 and cost.reduced_s > 0
+    assert cost.backward_float32_s is not None and cost.backward_float32_s > 0
+    assert cost.backward_ratio is not None and cost.backward_ratio > 0 and cost.forward_ratio > 0
+    assert cost.slower == (max(cost.forward_ratio, cost.backward_ratio) >= cpu.SLOWER)
+    assert "float32's time in bfloat16 autocast" in cost.describe()
 
 
 def test_instruction_sets_name_what_is_there_and_what_is_not(monkeypatch: pytest.MonkeyPatch) -> None:
