@@ -335,15 +335,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one command; exit status 1 after an error, printed as `mae.errors` says (a user's mistake in one line,
+    anything unexpected with its traceback). A training command reports errors inside its process group itself,
+    naming the rank (`mae.train.runs.run_command`)."""
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    from .checkpoint import CheckpointError
+    from .errors import report
 
     try:
         return int(args.func(args))
-    except (CheckpointError, ValueError, FileExistsError, RuntimeError, ImportError, OSError) as e:
-        print(f"mae {args.command}: error: {e}", file=sys.stderr)
-        return 1
+    except Exception as e:
+        return report(args.command, e)
 
 
 if __name__ == "__main__":

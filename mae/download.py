@@ -28,6 +28,7 @@ from http.client import HTTPException
 from pathlib import Path
 from typing import Any, TextIO
 
+from .errors import UserError
 from .files import OFFICIAL_FILES, data_dir
 
 PART_SUFFIX = ".part"
@@ -39,7 +40,7 @@ _RESUME = "Run the same command again to resume."
 _RETRY = "Run the same command again."
 
 
-class DownloadError(RuntimeError):
+class DownloadError(UserError, RuntimeError):
     """A download failed or its result cannot be trusted. The message names the file, the problem and the fix."""
 
     def __init__(self, path: str | Path, problem: str, fix: str = "") -> None:

@@ -64,6 +64,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from . import cpu
+from .errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -323,6 +324,10 @@ MODES: dict[str, type[nn.Linear]] = {"fastest": FastestLinear, "always": OneDNNL
 _SWITCHED = (nn.Linear, *MODES.values())
 
 
+class NoOneDNNError(UserError, RuntimeError):
+    """This PyTorch build has no oneDNN: the fast path cannot be switched on (the message says what to do)."""
+
+
 def set_onednn_linear(module: nn.Module, enabled: bool, *, mode: Mode = "fastest") -> nn.Module:
     """Route every `nn.Linear` inside `module` through the fast path (True) or back to `F.linear` (False).
 
@@ -336,7 +341,7 @@ def set_onednn_linear(module: nn.Module, enabled: bool, *, mode: Mode = "fastest
     if mode not in MODES:
         raise ValueError(f"mode must be one of {', '.join(MODES)}; got {mode!r}")
     if enabled and not onednn_available():
-        raise RuntimeError(
+        raise NoOneDNNError(
             "this PyTorch build has no oneDNN (torch.backends.mkldnn.is_available() is False), so the "
             "oneDNN fast path cannot run; leave it off to use PyTorch's default products"
         )

@@ -2,7 +2,10 @@
 
 - `torchrun --standalone --nproc_per_node 2 -m mae finetune ... --dist_eval` (tiny model, mixup and cutmix,
   accum_iter 2, 9 validation images: 5 on rank 0, 4 on rank 1) finishes; rank 0 alone prints, logs and
-  saves; the logged top-1 is exactly that of `mae evaluate` on the saved checkpoint in one process.
+  saves; the logged top-1 is exactly that of `mae evaluate` on the saved checkpoint in one process, and the
+  logged lr the schedule's per-iteration lr (the head's group) averaged over the epoch, computed here. Then
+  `--eval` of that checkpoint on 2 processes without `--dist_eval` (each evaluates all 9 images) prints
+  "on 9 images" once, not 18, with the single-process top-1 and top-5.
 - Fine-tuning at the engine level (2 processes spawned here, the classifier in DistributedDataParallel,
   rank r fed half r of every global batch): at every optimizer step both ranks use identical gradients
   and hold identical weights (torch.equal), and these equal one process running
@@ -22,7 +25,8 @@
   the single-process top-1 and top-5 exactly, and these are the values planted in the labels here (each
   image's label is the class at a chosen rank of the logits, computed in the test); the loss is within
   1e-12 (relative) of one process at batch 1, and within 1e-6 at batch 3 (the evaluation sums each batch's
-  losses in float32, and the batches hold other images on 2 processes than on 1).
+  losses in float32, and the batches hold other images on 2 processes than on 1). Without sharing
+  (`shared=False`, every rank all 9 images) each rank counts 9 images and equals one process exactly.
 
 What cannot be held equal between one process and two, and how it is held here: the augmentation (fixed
 tensors instead of images); stochastic depth (off: each rank draws its own per-sample masks); mixup's
@@ -123,6 +127,18 @@ def test_torchrun_finetune_two_processes_rank0_writes(tmp_path: Path) -> None:
     assert records[0]["test_acc1"] == single["acc1"]
     assert records[0]["test_acc5"] == single["acc5"]
     assert records[0]["test_loss"] == pytest.approx(single["loss"], rel=1e-5)  # lô khác nhau, cộng float32
+    # train_lr: lr của nhóm lớn nhất (đầu phân loại, lr_scale 1) theo lịch trình, trung bình qua các iteration.
+    lr, steps = 1e-3 * 2 * ACCUM * WORLD / 256, 24 // WORLD // 2  # blr x batch hiệu dụng / 256; batch mỗi rank
+    lrs = [lr * ((s - s % ACCUM) / steps + 0) / 1 for s in range(steps)]  # đặt ở batch đầu mỗi bước; khởi động 1
+    assert records[0]["train_lr"] == pytest.approx(sum(lrs) / len(lrs), rel=1e-12)
+
+    # Không --dist_eval: mỗi tiến trình đánh giá cả 9 ảnh; số ảnh in ra là 9, không phải 2 x 9.
+    command = [*command[: command.index("finetune") + 1], "--data_path", str(data), *TINY_CLASSIFIER_ARGS]
+    command += ["--eval", "--resume", str(out / "checkpoint-0.pth"), "--output_dir", ""]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.stdout.count(f"checkpoint-0.pth on 9 images of {data}/val: top-1 {single['acc1']:.2f}%, ") == 1
+    assert f"top-5 {single['acc5']:.2f}%" in done.stdout
 
 
 # ------------------------------------------------------------------------------------- training steps
@@ -265,6 +281,7 @@ def worker(rank: int, port: int, folder: str) -> None:
             "finetune": run_steps(data, False, dist_),
             "probe": run_steps(data, True, dist_),
             "evaluate": [run_evaluate(data, batch, dist_) for batch in EVAL_BATCHES],
+            "evaluate_all": [run_evaluate(data, batch, dist_, shared=False) for batch in EVAL_BATCHES],
         }
         torch.save(result, Path(folder) / f"rank{rank}.pt")
     finally:
@@ -353,17 +370,18 @@ def eval_classifier() -> VisionTransformer:
     return model
 
 
-def run_evaluate(data: dict[str, Tensor], batch: int, dist_: Dist) -> dict[str, float]:
+def run_evaluate(data: dict[str, Tensor], batch: int, dist_: Dist, shared: bool = True) -> dict[str, float]:
+    """`evaluate` on this process's share of the images (``shared``, as ``--dist_eval``), or on all of them."""
     model = eval_classifier()
     loader = build_eval_loader(
         TensorDataset(data["eval_images"], data["eval_labels"]),
         batch_size=batch,
         num_workers=0,
         pin_memory=False,
-        rank=dist_.rank,
-        world_size=dist_.world_size,
+        rank=dist_.rank if shared else 0,
+        world_size=dist_.world_size if shared else 1,
     )
-    return evaluate(model, loader, dist=dist_)
+    return evaluate(model, loader, shared=shared, dist=dist_)
 
 
 def evaluation_data() -> dict[str, Tensor]:
@@ -397,3 +415,8 @@ def test_dist_eval_equals_single_process_on_odd_count(runs: tuple[dict[str, Tens
             assert rank[i]["acc1"] == single["acc1"] and rank[i]["acc5"] == single["acc5"]
             assert rank[i]["loss"] == pytest.approx(single["loss"], rel=1e-12 if batch == 1 else 1e-6)
         assert ranks[0][i]["loss"] == ranks[1][i]["loss"]
+        # Không --dist_eval: mỗi rank đánh giá mọi ảnh; đếm mỗi ảnh một lần, không nhân với số tiến trình.
+        for result in results:
+            whole = result["evaluate_all"][i]
+            assert whole["images"] == EVAL_IMAGES
+            assert (whole["acc1"], whole["acc5"], whole["loss"]) == (single["acc1"], single["acc5"], single["loss"])

@@ -178,10 +178,11 @@ def test_vit_base_gradients_equal_transformers() -> None:
     imgs = torch.randn(1, 3, 224, 224, generator=torch.Generator().manual_seed(5))
     noise = torch.rand(1, model.config.num_patches, generator=torch.Generator().manual_seed(6))
     try:
-        measured = check_against_transformers(model, imgs, 0.75, noise, "ViT-B", SUMMATION_ORDER_BOUND)
+        # Whether the fused and split sums round differently somewhere is the CPU's kernels' business (they did on
+        # the AVX2 and AVX-512 hosts measured), not a property of ours: the bounds hold either way.
+        check_against_transformers(model, imgs, 0.75, noise, "ViT-B", SUMMATION_ORDER_BOUND)
     finally:
         model.zero_grad(set_to_none=True)  # the model is shared by the tests of this process
-    assert measured, "fused and split qkv gave bit-equal gradients: the summation-order note above is stale"
 
 
 @st.composite

@@ -264,7 +264,7 @@ def test_evaluation_equals_the_official_evaluate(data: Path) -> None:
         loader = build_eval_loader(dataset, batch_size=batch, num_workers=0, pin_memory=False)
         with official.training_shims():
             theirs, _ = quietly(found.engine.evaluate, loader, model, torch.device("cpu"))
-        ours = evaluate(model, loader)
+        ours = evaluate(model, loader, shared=False)
         assert (ours["acc1"], ours["acc5"]) == (pytest.approx(theirs["acc1"]), pytest.approx(theirs["acc5"]))
         assert ours["images"] == VAL_IMAGES
         if batch == 4:

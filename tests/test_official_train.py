@@ -4,7 +4,8 @@ Skipped, with the reason, when $MAE_OFFICIAL_REPO is unset. With it set, both pr
 MAE (32x32 images, patch 8) for one epoch from the same seed on the same synthetic ImageFolder, on the
 CPU in float32, with gradient accumulation (accum_iter 2); their `checkpoint-0.pth` are then the same
 bit for bit: every model and optimizer tensor (torch.equal), the same keys in the same order, the same
-optimizer hyper-parameters (the lr last set by the schedule included), epoch and scaler. Checked for both
+optimizer hyper-parameters (the lr last set by the schedule included) and epoch; the scaler entry is the
+documented departure (ours a fresh enabled scaler's state, the official's `{}` without CUDA). Checked for both
 targets (pixels, --norm_pix_loss) and in the cosine branch (--warmup_epochs 0).
 
 Either program resumes the other's checkpoint: the official script continues from ours and ours from
@@ -132,7 +133,12 @@ def test_checkpoint_equals_official_bit_for_bit(pair: Callable[..., tuple[Path, 
     assert opt_ours["param_groups"] == opt_theirs["param_groups"]  # lr, betas, eps, weight_decay, params, ...
     assert opt_theirs["param_groups"][1]["lr"] > 0
     assert ours["epoch"] == theirs["epoch"] == 0
-    assert ours["scaler"] == theirs["scaler"]
+    # Khác bản gốc có chủ ý: scaler tắt (float32) của ta lưu trạng thái của một scaler bật còn mới, không phải {}
+    # mà resume của bản gốc trên GPU từ chối (tests/test_checkpoint_scaler.py); scaler CUDA của bản gốc tắt ở đây.
+    fresh = torch.amp.GradScaler("cpu", enabled=True).state_dict()
+    assert ours["scaler"] == fresh
+    if not torch.cuda.is_available():
+        assert theirs["scaler"] == {}
     # Phép so sánh có nghĩa: trọng số đã rời điểm khởi tạo (seed 0) của cả hai.
     torch.manual_seed(0)
     initial = mae.create_model("mae_vit_base_patch16", **TINY)

@@ -39,6 +39,8 @@ TINY_ARGS = [
     "0",
     "--device",
     "cpu",
+    "--log_dir",
+    "",  # no TensorBoard events: the output folder holds only the run's files (test_log_sinks.py passes its own)
 ]
 
 
@@ -127,6 +129,8 @@ TINY_CLASSIFIER_ARGS = [
     "cpu",
     "--batch_size",
     "4",
+    "--log_dir",
+    "",  # no TensorBoard events, as TINY_ARGS
 ]
 
 

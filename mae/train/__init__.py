@@ -12,6 +12,7 @@
 - `run_checkpoint`: ``checkpoint-{epoch}.pth`` in the official layout, written atomically, and resume;
 - `distributed`: DistributedDataParallel under ``torchrun`` (rank, world size, device, reductions);
 - `metrics`: running averages, the progress bar and ``log.txt``;
+- `log_sinks`: the per-iteration figures off a terminal (a line every ``--print_freq``) and to TensorBoard;
 - `engine`: the loop every recipe shares (lr per iteration, accumulation, scaled steps);
 - `engine_pretrain`, `engine_finetune`: one epoch of each (the official engines), and the evaluation;
 - `runs`: what every command does around its loop (seed, output folder, checkpoints, resume, Ctrl-C);

@@ -11,11 +11,16 @@ counted once, whatever the number of processes.
 
 Every problem that can be seen before training starts is reported then, with the path: a missing or
 empty folder, no images, an image that cannot be opened, mismatched class folders.
+
+Departure: ``--num_workers`` is capped at the CPUs this process may use (`loader_workers`), with one line
+of ours instead of torch's over-subscription warning.
 """
 
 from __future__ import annotations
 
+import os
 import random
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -129,6 +134,56 @@ def check_images(paths: list[str]) -> None:
             raise ValueError(f"cannot read image {path}: {e}. Remove or replace the file.") from None
 
 
+def available_cpus() -> int | None:
+    """The CPUs this process may run on: its affinity mask where the system has one (Linux; it honours
+    ``taskset`` and cgroup cpusets), else ``os.cpu_count()``; None when unknown. torch's loader uses the
+    same count for its over-subscription warning."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count()
+
+
+_ANNOUNCED: set[tuple[int, int]] = set()  # the (asked, cap) pairs already printed by this process
+
+
+def capped_workers(requested: int) -> int:
+    """The worker processes a loader asked for ``requested`` starts on this machine (`loader_workers`, silent)."""
+    cpus = available_cpus()
+    return requested if cpus is None or requested <= cpus else max(1, cpus)
+
+
+def loader_workers(requested: int) -> int:
+    """``--num_workers`` capped at `available_cpus` (unchanged when the count is unknown).
+
+    Departure: the official scripts start ``--num_workers`` processes (default 10) whatever the machine,
+    and torch then warns that so many may slow the loader or freeze it; here the count is capped and one
+    line says so, on stderr (rank 0, once per process). The cap is never below 1 (a process may always use
+    at least one CPU), so a run asked for workers keeps them: 0 would load in the training process. The
+    crops drawn depend on the number of workers (each has its own random generator): a run resumed where
+    the cap differs (another machine) draws other crops than the uninterrupted run would have.
+    """
+    cap = capped_workers(requested)
+    if cap == requested:
+        return requested
+    joined = torch.distributed.is_available() and torch.distributed.is_initialized()
+    if (requested, cap) not in _ANNOUNCED and (not joined or torch.distributed.get_rank() == 0):
+        # Thay cảnh báo của torch (in hai lần: loader huấn luyện và loader đánh giá) bằng một dòng của ta.
+        print(f"loader: --num_workers {requested} capped at {cap}, the CPUs available to this process", file=sys.stderr)
+    _ANNOUNCED.add((requested, cap))
+    return cap
+
+
+def leave_signals_to_the_trainer(worker_id: int) -> None:
+    """A loader worker ignores SIGTERM and SIGUSR1: a scheduler signals every process of a job, and a worker
+    killed by it would end the run with "DataLoader worker ... is killed by signal" before the training process
+    could write its mid-epoch checkpoint (`preemption`); the training process ends its workers itself. Draws no
+    random number (the workers' crops are those of the official loader)."""
+    import signal
+
+    for s in (signal.SIGTERM, signal.SIGUSR1):
+        signal.signal(s, signal.SIG_IGN)
+
+
 def build_loader(
     dataset: Dataset[Any],
     *,
@@ -160,9 +215,10 @@ def build_loader(
         dataset,
         sampler=sampler,
         batch_size=batch_size,
-        num_workers=num_workers,
+        num_workers=loader_workers(num_workers),
         pin_memory=pin_memory,
         drop_last=True,
+        worker_init_fn=leave_signals_to_the_trainer,
     )
 
 
@@ -237,4 +293,12 @@ def build_eval_loader(
     """
     # Chia ảnh đánh giá cho các tiến trình, không lặp ảnh nào: độ chính xác không đổi theo số tiến trình.
     share = dataset if world_size == 1 else Subset(dataset, range(rank, len(dataset), world_size))  # type: ignore[arg-type]
-    return DataLoader(share, batch_size=batch_size, shuffle=False, num_workers=num_workers, pin_memory=pin_memory)
+    workers = loader_workers(num_workers)
+    return DataLoader(
+        share,
+        batch_size=batch_size,
+        shuffle=False,
+        num_workers=workers,
+        pin_memory=pin_memory,
+        worker_init_fn=leave_signals_to_the_trainer,
+    )

@@ -24,7 +24,9 @@ from torch import Tensor, nn
 
 from . import engine
 from .distributed import Dist
+from .log_sinks import LogSinks
 from .metrics import Progress
+from .position import EpochStart, StepBoundary
 from .schedule import CosineSchedule
 
 Autocast = Callable[[], AbstractContextManager[object]]
@@ -46,6 +48,9 @@ def train_one_epoch(
     clip_grad: float | None = None,
     dist: Dist | None = None,
     progress: bool = False,
+    sinks: LogSinks | None = None,
+    start: EpochStart | None = None,
+    at_boundary: Callable[[StepBoundary], None] | None = None,
 ) -> dict[str, float]:
     """Train the classifier ``model`` (or a DDP wrapper of it) for one pass over ``loader``.
 
@@ -62,7 +67,8 @@ def train_one_epoch(
 
     return engine.train_one_epoch(
         model, loader, optimizer, scaler, schedule, epoch, batch_loss,
-        steps=steps, accum_iter=accum_iter, clip_grad=clip_grad, dist=dist, progress=progress,
+        steps=steps, accum_iter=accum_iter, clip_grad=clip_grad, dist=dist, progress=progress, sinks=sinks,
+        start=start, at_boundary=at_boundary,
     )  # fmt: skip
 
 
@@ -71,6 +77,7 @@ def evaluate(
     model: nn.Module,
     loader: Iterable[Any],
     *,
+    shared: bool,
     dist: Dist | None = None,
     autocast: Autocast = contextlib.nullcontext,
     progress: bool = False,
@@ -78,8 +85,10 @@ def evaluate(
 ) -> dict[str, float]:
     """Top-1 / top-5 accuracy (percent) and mean cross-entropy of ``model`` on ``loader``'s images.
 
-    Under several processes each evaluates its share (`data.build_eval_loader`) and the counts are summed,
-    so the figures are those of one process on all the images. Returns ``{"acc1", "acc5", "loss",
+    ``shared``: each process's ``loader`` holds its own share of the images (``--dist_eval``,
+    `data.build_eval_loader`): the counts are summed over the processes. Otherwise every process evaluates
+    every image and keeps its own counts (summing them would count each image once per process). Either
+    way the figures are those of one process on all the images. Returns ``{"acc1", "acc5", "loss",
     "images", "images_per_s"}``.
     """
     dist = dist or Dist()
@@ -103,7 +112,9 @@ def evaluate(
         correct5 += float(hits.sum())
         count += images.shape[0]
     bar.close()
-    correct1, correct5, loss_sum, total = dist.sum([correct1, correct5, loss_sum, float(count)])
+    totals = [correct1, correct5, loss_sum, float(count)]
+    # Chỉ cộng qua các tiến trình khi mỗi tiến trình giữ một phần ảnh riêng; nếu không, mỗi ảnh bị đếm N lần.
+    correct1, correct5, loss_sum, total = dist.sum(totals) if shared else totals
     if total == 0:
         raise ValueError("evaluation got no images")
     return {

@@ -22,6 +22,8 @@ from torch import Tensor, nn
 from . import engine
 from .distributed import Dist
 from .engine import NonFiniteLossError
+from .log_sinks import LogSinks
+from .position import EpochStart, StepBoundary
 from .schedule import CosineSchedule
 
 __all__ = ["NonFiniteLossError", "train_one_epoch"]
@@ -42,6 +44,9 @@ def train_one_epoch(
     clip_grad: float | None = None,
     dist: Dist | None = None,
     progress: bool = False,
+    sinks: LogSinks | None = None,
+    start: EpochStart | None = None,
+    at_boundary: Callable[[StepBoundary], None] | None = None,
 ) -> dict[str, float]:
     """Train ``model`` (an MAE, or one wrapped in DDP) for one pass over ``loader`` of ``steps`` batches.
 
@@ -56,5 +61,6 @@ def train_one_epoch(
 
     return engine.train_one_epoch(
         model, loader, optimizer, scaler, schedule, epoch, batch_loss,
-        steps=steps, accum_iter=accum_iter, clip_grad=clip_grad, dist=dist, progress=progress,
+        steps=steps, accum_iter=accum_iter, clip_grad=clip_grad, dist=dist, progress=progress, sinks=sinks,
+        start=start, at_boundary=at_boundary,
     )  # fmt: skip

@@ -150,6 +150,7 @@ def run(args: argparse.Namespace) -> int:
     stats = evaluate(
         model.to(device),
         loader,
+        shared=False,  # một tiến trình, mọi ảnh
         dist=Dist(device=device),
         autocast=autocast(device, dtype),
         progress=not args.json,

@@ -20,7 +20,8 @@ epoch, ``--dtype``, atomic checkpoints with ``rng``, an error on a non-finite lo
 - ``--finetune`` refuses a fine-tuned classifier (it would be fine-tuned twice) and says when it drops
   a decoder; the loading is strict apart from the new head;
 - ``--dist_eval`` shares the images between processes without padding (the accuracy is exactly the
-  single-process one), and the evaluation loss is the mean over images;
+  single-process one), and the evaluation loss is the mean over images; without it every process
+  evaluates every image (as the official) and each image is counted once;
 - each epoch is evaluated before its checkpoint is written (the official script writes first): the
   evaluation's loader draws a seed from the random generator, and the saved generator state must
   include that draw for ``--resume`` to continue bit for bit (the weights saved are the same);
@@ -52,11 +53,31 @@ from . import distributed, metrics
 from .data import build_classification_datasets, build_eval_loader, build_loader
 from .engine import NonFiniteLossError
 from .engine_finetune import evaluate, train_one_epoch
-from .flags import add_device_and_distributed_flags, add_loader_flags, flag, key_values, non_negative, positive
-from .precision import autocast, grad_scaler, resolve_dtype, warn_if_fast_path_gains_nothing
+from .flags import (
+    add_device_and_distributed_flags,
+    add_loader_flags,
+    add_log_flags,
+    add_requeue_flags,
+    flag,
+    key_values,
+    non_negative,
+    positive,
+)
+from .log_sinks import LogSinks, events_dir
+from .precision import (
+    LossScaleWatch,
+    autocast,
+    grad_scaler,
+    resolve_dtype,
+    scale_note,
+    warn_if_fast_path_gains_nothing,
+)
+from .preemption import Preemption
 from .run_checkpoint import read_run_checkpoint, resolve_resume, save_atomic
 from .runs import (
+    interrupted_epoch,
     last_checkpoint_hint,
+    mid_epoch_saver,
     prepare_output,
     quiet_loading,
     refuse_earlier_run,
@@ -133,10 +154,11 @@ def add_run_arguments(
     g = parser.add_argument_group("data and output")
     flag(g, "data_path", required=True, help="a folder with train/ and val/, one sub-folder of images per class")
     flag(g, "output_dir", default="./output_dir", help="checkpoints and log.txt ('' for no saving)")
-    flag(g, "log_dir", default="./output_dir", help="accepted for the official commands (no tensorboard)")
+    add_log_flags(g)
     flag(g, "save_every", type=positive(int), default=1, metavar="N", help="save every N epochs, and the last")
     flag(g, "resume", default="", help="a checkpoint-N.pth (or its folder, for the latest) to continue")
     flag(g, "start_epoch", type=non_negative(int), default=0, metavar="N")
+    add_requeue_flags(g)
     flag(g, "eval", action="store_true", help="only evaluate the --resume checkpoint on DATA/val")
     flag(g, "dist_eval", action="store_true", help="evaluate on every process (each a share of the images)")
     add_loader_flags(g)
@@ -320,11 +342,20 @@ def check_arguments(args: argparse.Namespace, recipe: Recipe) -> None:
 def run(args: argparse.Namespace, recipe: Recipe = FINETUNE) -> int:
     """The ``mae finetune`` (or ``mae linprobe``) command."""
     check_arguments(args, recipe)
-    return run_command(recipe.name, args, lambda dist: train(args, recipe, dist))
+
+    def logged(dist: distributed.Dist) -> None:
+        log_dir = None if args.eval else events_dir(args.log_dir, args.output_dir)  # --eval: no events (official)
+        with LogSinks(
+            print_freq=args.print_freq, log_dir=log_dir, is_main=dist.is_main, device=dist.device, loss_tag="loss"
+        ) as sinks:  # closed when the run ends, also on an error
+            train(args, recipe, dist, sinks)
+
+    return run_command(recipe.name, args, logged)
 
 
-def train(args: argparse.Namespace, recipe: Recipe, dist: distributed.Dist) -> None:
-    """Set up as the official script does, in its order, then train and evaluate epoch by epoch."""
+def train(args: argparse.Namespace, recipe: Recipe, dist: distributed.Dist, sinks: LogSinks | None = None) -> None:
+    """Set up as the official script does, in its order, then train and evaluate epoch by epoch (figures to
+    ``sinks``)."""
     device = dist.device
     dtype = resolve_dtype(args.dtype, device)
     seed_everything(args.seed + dist.rank)
@@ -398,7 +429,7 @@ def train(args: argparse.Namespace, recipe: Recipe, dist: distributed.Dist) -> N
     for note in notes:
         say(dist, f"{'resume' if note.startswith(('continuing', 'random', 'dropped')) else 'weights'}: {note}")
     if args.eval:
-        stats = evaluate(forward, loader_val, dist=dist, autocast=run_autocast)
+        stats = evaluate(forward, loader_val, shared=args.dist_eval, dist=dist, autocast=run_autocast)
         say(
             dist,
             f"{Path(args.resume).name} on {stats['images']:.0f} images of {args.data_path}/val: "
@@ -430,26 +461,36 @@ def train(args: argparse.Namespace, recipe: Recipe, dist: distributed.Dist) -> N
         return
 
     best = _best_so_far(output, args.start_epoch)
+    if sinks is not None:
+        sinks.start()  # TensorBoard's folder, or the line saying tensorboard is missing
     started = time.time()
+    start = interrupted_epoch(args.resume, steps, dist)  # a mid-epoch checkpoint: the epoch continues part-way
+    preemption = Preemption(dist, args.save_every_minutes)
+    at_boundary = mid_epoch_saver(output, preemption, model_without_ddp, optimizer, scaler, args, dist, steps)
+    scale_watch = LossScaleWatch(steps // args.accum_iter, enabled=dist.is_main)  # float16: warns once if it collapses
     for epoch in range(args.start_epoch, args.epochs):
         cast(DistributedSampler[Any], loader_train.sampler).set_epoch(epoch)
         try:
-            train_stats = train_one_epoch(
-                forward,
-                criterion,
-                loader_train,
-                optimizer,
-                scaler,
-                schedule,
-                epoch,
-                steps=steps,
-                accum_iter=args.accum_iter,
-                mixup_fn=mixup_fn,
-                autocast=run_autocast,
-                clip_grad=recipe.clip_grad(args),
-                dist=dist,
-                progress=True,
-            )
+            with preemption:  # SIGTERM/SIGUSR1: a mid-epoch checkpoint at the next step, then exit 75
+                train_stats = train_one_epoch(
+                    forward,
+                    criterion,
+                    loader_train,
+                    optimizer,
+                    scaler,
+                    schedule,
+                    epoch,
+                    steps=steps,
+                    accum_iter=args.accum_iter,
+                    mixup_fn=mixup_fn,
+                    autocast=run_autocast,
+                    clip_grad=recipe.clip_grad(args),
+                    dist=dist,
+                    progress=True,
+                    sinks=sinks,
+                    start=start if epoch == args.start_epoch else None,
+                    at_boundary=at_boundary,
+                )
         except NonFiniteLossError as e:
             raise NonFiniteLossError(
                 f"{e}; {last_checkpoint_hint(args.output_dir)}. Lower --blr, add --clip_grad 1.0, or use "
@@ -458,7 +499,9 @@ def train(args: argparse.Namespace, recipe: Recipe, dist: distributed.Dist) -> N
         # Đánh giá trước khi lưu (bản gốc lưu trước): việc lặp DataLoader đánh giá rút một số ngẫu nhiên, nên
         # trạng thái bộ sinh lưu sau đánh giá cho phép chạy tiếp (--resume) giống hệt chạy liền một mạch,
         # và dãy số ngẫu nhiên vẫn là của bản gốc. Trọng số lưu không đổi: đánh giá không sửa trọng số.
-        test_stats = evaluate(forward, loader_val, dist=dist, autocast=run_autocast)
+        test_stats = evaluate(forward, loader_val, shared=args.dist_eval, dist=dist, autocast=run_autocast)
+        if sinks is not None:
+            sinks.evaluation(epoch, test_stats)  # perf/test_acc1, perf/test_acc5, perf/test_loss
         saved = ""
         if output is not None and (epoch % args.save_every == 0 or epoch + 1 == args.epochs):
             saved = f", saved {save_checkpoint(output, epoch, model_without_ddp, optimizer, scaler, args, dist).name}"
@@ -480,10 +523,11 @@ def train(args: argparse.Namespace, recipe: Recipe, dist: distributed.Dist) -> N
                 f"test_{k}": v for k, v in test_stats.items() if k in ("loss", "acc1", "acc5")
             }
             metrics.append_log(output, record | {"epoch": epoch, "n_parameters": n_parameters})
+        scale_watch.epoch_ended(epoch, train_stats)
         say(
             dist,
             f"epoch {epoch + 1}/{args.epochs}: loss {train_stats['loss']:.4f}, lr {train_stats['lr']:.2e}, "
-            f"{train_stats['images_per_s']:.1f} images/s; val top-1 {test_stats['acc1']:.2f}% "
+            f"{train_stats['images_per_s']:.1f} images/s{scale_note(train_stats)}; val top-1 {test_stats['acc1']:.2f}% "
             f"(best {best:.2f}%), top-5 {test_stats['acc5']:.2f}%, loss {test_stats['loss']:.4f}{saved}",
         )
     say(dist, f"training time {datetime.timedelta(seconds=int(time.time() - started))}; best top-1 {best:.2f}%")

@@ -7,6 +7,9 @@ from typing import Any
 
 import torch
 
+from .distributed import DEFAULT_TIMEOUT_S
+from .log_sinks import OFFICIAL_LOG_DIR
+
 
 def flag(parser: argparse.ArgumentParser | Any, name: str, *more: str, **kwargs: Any) -> None:
     """``--name_with_underscores``, also as ``--name-with-dashes``, stored under the underscored name."""
@@ -69,6 +72,45 @@ def add_loader_flags(group: Any) -> None:
     flag(group, "no_pin_mem", action="store_false", dest="pin_mem")
 
 
+def add_requeue_flags(group: Any) -> None:
+    """How a run survives a scheduler (`auto_resume`, `preemption`): ``--auto_resume`` and ``--save_every_minutes``."""
+    flag(
+        group,
+        "auto_resume",
+        action="store_true",
+        help="continue the run in --output_dir from its latest checkpoint (or start afresh when it has none); "
+        "refused when that run was made with other settings",
+    )
+    flag(
+        group,
+        "save_every_minutes",
+        type=positive(float),
+        default=None,
+        metavar="M",
+        help="also write checkpoint-midepoch.pth at most every M minutes (at an optimizer step); SIGTERM/SIGUSR1 "
+        "write it at the next step and exit 75",
+    )
+
+
+def add_log_flags(group: Any) -> None:
+    """Where the per-iteration figures go (`log_sinks`): ``--log_dir`` (TensorBoard, the official default) and
+    ``--print_freq`` (a line every N iterations off a terminal; the official engines print every 20)."""
+    flag(
+        group,
+        "log_dir",
+        default=OFFICIAL_LOG_DIR,
+        help="TensorBoard events (pip install tensorboard); at this default: in --output_dir; '' for none",
+    )
+    flag(
+        group,
+        "print_freq",
+        type=positive(int),
+        default=20,
+        metavar="N",
+        help="off a terminal, print a line every N iterations and the last (official: 20)",
+    )
+
+
 def add_device_and_distributed_flags(parser: argparse.ArgumentParser) -> None:
     """The flags every training command shares after its own: device, seed, precision, the fast path,
     compile; the official distributed flags (set by torchrun); and ``--overwrite``."""
@@ -89,9 +131,19 @@ def add_device_and_distributed_flags(parser: argparse.ArgumentParser) -> None:
     )
     flag(g, "fast", action="store_true", help="float32 on CPU: linear layers by oneDNN (mae.set_onednn_linear)")
     flag(g, "compile", action="store_true", help="torch.compile the model")
-    g = parser.add_argument_group("distributed (launch with torchrun)")
+    g = parser.add_argument_group("distributed (launch with torchrun, or srun: one task per process)")
     flag(g, "world_size", type=int, default=1, help="set by torchrun")
     flag(g, "local_rank", type=int, default=-1, help="set by torchrun")
     flag(g, "dist_on_itp", action="store_true", help="read ranks from OpenMPI variables")
     flag(g, "dist_url", default="env://")
+    flag(
+        g,
+        "dist_timeout",
+        type=positive(float),
+        default=DEFAULT_TIMEOUT_S,
+        metavar="SECONDS",
+        help=f"how long a process waits for the others, at the start and in every collective, before it fails "
+        f"(default {DEFAULT_TIMEOUT_S:g}: more than rank 0 takes to save a large checkpoint; nccl notices a lost "
+        "process only then, gloo at once)",
+    )
     flag(g, "overwrite", action="store_true", help="start afresh even if OUTPUT holds checkpoints")

@@ -36,17 +36,24 @@ class Average:
 class Progress:
     """A bar over one epoch (loss, lr, images/s and ETA) on a terminal; silent otherwise."""
 
-    def __init__(self, iterable: Iterable[T], total: int, description: str, enabled: bool) -> None:
+    def __init__(self, iterable: Iterable[T], total: int, description: str, enabled: bool, initial: int = 0) -> None:
         self._bar: Any = None
         self._iterable: Iterable[Any] = iterable
         if enabled and sys.stderr.isatty():
             from tqdm import tqdm
 
-            self._bar = tqdm(iterable, total=total, desc=description, unit="it", dynamic_ncols=True, leave=True)
+            self._bar = tqdm(
+                iterable, total=total, desc=description, unit="it", dynamic_ncols=True, leave=True, initial=initial
+            )  # initial: an interrupted epoch continues part-way
             self._iterable = self._bar
 
     def __iter__(self) -> Iterator[Any]:
         return iter(self._iterable)
+
+    @property
+    def shown(self) -> bool:
+        """Whether the bar is drawn (then no other line needs to print the figures, `log_sinks`)."""
+        return self._bar is not None
 
     def show(self, **values: str) -> None:
         if self._bar is not None:

@@ -16,8 +16,11 @@ draws the same random numbers. Where this trainer departs from the official scri
 - under DDP the gradients are all-reduced once per optimizer step, and no ``find_unused_parameters``;
 - checkpoints are written atomically and carry each rank's random-generator state (``rng``), so a
   resumed run is bit for bit the uninterrupted one; a fresh run refuses a folder that holds checkpoints
-  (``--overwrite`` deletes them and the log first);
-- ``--log_dir`` is accepted but unused: there is no tensorboard, the log is ``OUTPUT/log.txt``.
+  (``--overwrite`` deletes them and the log first; ``--auto_resume`` continues the folder's run, `auto_resume`);
+- ``--save_every_minutes`` and SIGTERM/SIGUSR1 write a mid-epoch checkpoint at an optimizer-step boundary
+  (`preemption`; exit status 75 after a signal), from which the epoch continues exactly;
+- ``--log_dir`` left at its default writes the TensorBoard events into ``--output_dir`` (none with
+  ``--output_dir ''``), and off a terminal a line is printed every ``--print_freq`` iterations (`log_sinks`).
 """
 
 from __future__ import annotations
@@ -36,12 +39,32 @@ from ..onednn import set_onednn_linear
 from . import distributed, metrics
 from .data import build_loader, build_pretrain_dataset
 from .engine_pretrain import NonFiniteLossError, train_one_epoch
-from .flags import add_device_and_distributed_flags, add_loader_flags, flag, key_values, non_negative, positive
+from .flags import (
+    add_device_and_distributed_flags,
+    add_loader_flags,
+    add_log_flags,
+    add_requeue_flags,
+    flag,
+    key_values,
+    non_negative,
+    positive,
+)
+from .log_sinks import LogSinks, events_dir
 from .optim import build_adamw
-from .precision import autocast, grad_scaler, resolve_dtype, warn_if_fast_path_gains_nothing
+from .precision import (
+    LossScaleWatch,
+    autocast,
+    grad_scaler,
+    resolve_dtype,
+    scale_note,
+    warn_if_fast_path_gains_nothing,
+)
+from .preemption import Preemption
 from .run_checkpoint import read_run_checkpoint, resolve_resume
 from .runs import (
+    interrupted_epoch,
     last_checkpoint_hint,
+    mid_epoch_saver,
     prepare_output,
     quiet_loading,
     refuse_earlier_run,
@@ -104,12 +127,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         g, "data_path", required=True, help="a folder of images or of class folders (DATA/train is used when it exists)"
     )
     flag(g, "output_dir", default="./output_dir", help="checkpoints and log.txt ('' for no saving)")
-    flag(
-        g,
-        "log_dir",
-        default="./output_dir",
-        help="accepted for the official commands (no tensorboard): the log is OUTPUT/log.txt",
-    )
+    add_log_flags(g)
     flag(
         g,
         "save_every",
@@ -120,6 +138,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     flag(g, "resume", default="", help="a checkpoint-N.pth (or its folder, for the latest) to continue")
     flag(g, "start_epoch", type=non_negative(int), default=0, metavar="N")
+    add_requeue_flags(g)
     add_loader_flags(g)
     add_device_and_distributed_flags(parser)
 
@@ -152,11 +171,21 @@ def check_arguments(args: argparse.Namespace) -> dict[str, Any]:
 def run(args: argparse.Namespace) -> int:
     """The ``mae pretrain`` command."""
     model_kwargs = check_arguments(args)
-    return run_command("pretrain", args, lambda dist: train(args, model_kwargs, dist))
+
+    def logged(dist: distributed.Dist) -> None:
+        log_dir = events_dir(args.log_dir, args.output_dir)
+        with LogSinks(
+            print_freq=args.print_freq, log_dir=log_dir, is_main=dist.is_main, device=dist.device, loss_tag="train_loss"
+        ) as sinks:  # closed when the run ends, also on an error
+            train(args, model_kwargs, dist, sinks)
+
+    return run_command("pretrain", args, logged)
 
 
-def train(args: argparse.Namespace, model_kwargs: dict[str, Any], dist: distributed.Dist) -> None:
-    """Set up as the official script does, in its order, then train epoch by epoch."""
+def train(
+    args: argparse.Namespace, model_kwargs: dict[str, Any], dist: distributed.Dist, sinks: LogSinks | None = None
+) -> None:
+    """Set up as the official script does, in its order, then train epoch by epoch (figures to ``sinks``)."""
     device = dist.device
     dtype = resolve_dtype(args.dtype, device)
     seed_everything(args.seed + dist.rank)
@@ -197,6 +226,7 @@ def train(args: argparse.Namespace, model_kwargs: dict[str, Any], dist: distribu
     schedule = CosineSchedule(args.lr, args.min_lr, args.warmup_epochs, args.epochs)
 
     notes = resume(args, model_without_ddp, optimizer, scaler, dist) if args.resume else []
+    start = interrupted_epoch(args.resume, steps, dist)  # a mid-epoch checkpoint: the epoch continues part-way
     forward = cast(torch.nn.Module, torch.compile(model)) if args.compile else model
 
     n_params = sum(p.numel() for p in model_without_ddp.parameters() if p.requires_grad)
@@ -238,15 +268,22 @@ def train(args: argparse.Namespace, model_kwargs: dict[str, Any], dist: distribu
         say(dist, f"nothing to train: epoch {args.start_epoch} is past --epochs {args.epochs}; raise --epochs to go on")
         return
 
+    if sinks is not None:
+        sinks.start()  # TensorBoard's folder, or the line saying tensorboard is missing
     started = time.time()
+    preemption = Preemption(dist, args.save_every_minutes)
+    at_boundary = mid_epoch_saver(output, preemption, model_without_ddp, optimizer, scaler, args, dist, steps)
+    scale_watch = LossScaleWatch(steps // args.accum_iter, enabled=dist.is_main)  # float16: warns once if it collapses
     for epoch in range(args.start_epoch, args.epochs):
         cast(DistributedSampler[Any], loader.sampler).set_epoch(epoch)  # xáo lại mỗi epoch, cả khi chỉ một tiến trình
         try:
-            stats = train_one_epoch(
-                forward, loader, optimizer, scaler, schedule, epoch,
-                steps=steps, accum_iter=args.accum_iter, mask_ratio=args.mask_ratio,
-                autocast=autocast(device, dtype), clip_grad=args.clip_grad, dist=dist, progress=True,
-            )  # fmt: skip
+            with preemption:  # SIGTERM/SIGUSR1: a mid-epoch checkpoint at the next step, then exit 75
+                stats = train_one_epoch(
+                    forward, loader, optimizer, scaler, schedule, epoch,
+                    steps=steps, accum_iter=args.accum_iter, mask_ratio=args.mask_ratio,
+                    autocast=autocast(device, dtype), clip_grad=args.clip_grad, dist=dist, progress=True, sinks=sinks,
+                    start=start if epoch == args.start_epoch else None, at_boundary=at_boundary,
+                )  # fmt: skip
         except NonFiniteLossError as e:
             raise NonFiniteLossError(
                 f"{e}; {last_checkpoint_hint(args.output_dir)}. Lower --blr, add --clip_grad 3.0, or use "
@@ -258,10 +295,11 @@ def train(args: argparse.Namespace, model_kwargs: dict[str, Any], dist: distribu
             saved = f", saved {path.name}"
         if output is not None and dist.is_main:
             metrics.append_log(output, {f"train_{k}": v for k, v in stats.items()} | {"epoch": epoch})
+        scale_watch.epoch_ended(epoch, stats)
         say(
             dist,
             f"epoch {epoch + 1}/{args.epochs}: loss {stats['loss']:.4f}, lr {stats['lr']:.2e}, "
-            f"{stats['images_per_s']:.1f} images/s{saved}",
+            f"{stats['images_per_s']:.1f} images/s{scale_note(stats)}{saved}",
         )
     say(dist, f"training time {datetime.timedelta(seconds=int(time.time() - started))}")
 

@@ -2,7 +2,8 @@
 
 ``{"model", "optimizer", "epoch", "scaler", "args"}`` as the official ``util/misc.save_model`` writes it
 (the model's state dict with official keys, the optimizer's with groups [no-decay, decay] in
-``named_parameters`` order, the GradScaler's), so the official script resumes ours and ours resumes
+``named_parameters`` order, the GradScaler's: a fresh enabled scaler's state where ours is disabled, as
+the official CUDA scaler refuses ``{}``), so the official script resumes ours and ours resumes
 the official's. One entry is added, ``rng``: the random-generator state of every rank, which lets a
 resumed run draw the same crops and masks as an uninterrupted one, bit for bit; the official loader
 ignores it. A file is written to a temporary name and renamed into place: a run killed while saving
@@ -24,6 +25,9 @@ from ..checkpoint import CheckpointError, load_object
 from .distributed import Dist
 
 _NAME = re.compile(r"^checkpoint-(\d+)\.pth$")
+MID_EPOCH_NAME = "checkpoint-midepoch.pth"  # the newest mid-epoch checkpoint (`preemption`); one such file at most
+# A save's temporary file (`save_atomic`): left behind only by a process killed while it wrote.
+_TEMPORARY = re.compile(r"^\.(checkpoint-(\d+|best|midepoch)\.pth)\.(\d+)\.tmp$")
 
 
 def checkpoint_path(output_dir: str | Path, epoch: int) -> Path:
@@ -38,6 +42,51 @@ def checkpoints_in(folder: str | Path) -> dict[int, Path]:
         if match and f.is_file():
             found[int(match.group(1))] = f
     return dict(sorted(found.items()))
+
+
+def mid_epoch_position(path: Path) -> tuple[int, int] | None:
+    """(epoch, step) of the mid-epoch checkpoint at ``path``: the epoch it interrupted and the batches of that
+    epoch done; None where the file has no position (not a mid-epoch checkpoint)."""
+    ckpt = load_object(path)
+    position = ckpt.get("position") if isinstance(ckpt, dict) else None
+    if not isinstance(position, dict):
+        return None
+    return int(position["epoch"]), int(position["step"])
+
+
+def latest_checkpoint(folder: str | Path) -> Path | None:
+    """The checkpoint a run in ``folder`` continues from: the mid-epoch one when it is ahead of the last
+    epoch's (it interrupted a later epoch), else the highest ``checkpoint-N.pth``; None when there is none."""
+    found = checkpoints_in(folder)
+    last = found[max(found)] if found else None
+    mid = Path(folder) / MID_EPOCH_NAME
+    if mid.is_file():
+        position = mid_epoch_position(mid)
+        if position is not None and (not found or position[0] > max(found)):
+            return mid
+    return last
+
+
+def superseded_mid_epoch(folder: str | Path) -> Path | None:
+    """The folder's mid-epoch checkpoint when an epoch-end checkpoint of its epoch or a later one exists (the
+    run went past it: a process killed between writing that checkpoint and deleting this file leaves it)."""
+    mid, found = Path(folder) / MID_EPOCH_NAME, checkpoints_in(folder)
+    if not mid.is_file() or not found:
+        return None
+    position = mid_epoch_position(mid)
+    return mid if position is None or position[0] <= max(found) else None
+
+
+def remove_stale_temporaries(folder: str | Path) -> list[str]:
+    """Delete the temporary files of saves that were killed mid-write (``.checkpoint-N.pth.PID.tmp``); returns
+    a line for each ("name (size)"). Call it before this run saves anything: a live save's file looks the same."""
+    removed = []
+    for f in sorted(Path(folder).iterdir()) if Path(folder).is_dir() else []:
+        if _TEMPORARY.match(f.name) and f.is_file():
+            size = f.stat().st_size
+            f.unlink(missing_ok=True)
+            removed.append(f"{f.name} ({size / 1e6:.1f} MB)")
+    return removed
 
 
 def save_atomic(obj: Any, path: Path) -> None:
@@ -100,15 +149,31 @@ def _set_host_generators(state: dict[str, torch.Tensor], rank: int) -> None:
         np.random.set_state(("MT19937", keys, int(values[-2]), int(values[-1]), float(state["numpy_gauss"][rank][0])))
 
 
+def local_rng_state(device: torch.device) -> dict[str, torch.Tensor]:
+    """This process's generator states (torch's, CUDA's on a CUDA device, Python's and numpy's) as tensors."""
+    state = {"cpu": torch.get_rng_state()}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state | _host_generators()
+
+
+def gather_rng(local: dict[str, torch.Tensor], dist: Dist) -> dict[str, torch.Tensor]:
+    """Every rank's ``local`` states stacked by rank (a collective: every rank calls it)."""
+    return {name: dist.gather_rows(row) for name, row in local.items()}
+
+
 def rng_state(dist: Dist) -> dict[str, torch.Tensor]:
     """Every rank's generator states (torch's, CUDA's, Python's and numpy's), stacked by rank (a collective:
     every rank calls it)."""
-    state = {"cpu": dist.gather_rows(torch.get_rng_state())}
-    if dist.device.type == "cuda":
-        state["cuda"] = dist.gather_rows(torch.cuda.get_rng_state(dist.device))
-    for name, row in _host_generators().items():
-        state[name] = dist.gather_rows(row)
-    return state
+    return gather_rng(local_rng_state(dist.device), dist)
+
+
+def set_local_rng(state: dict[str, torch.Tensor], rank: int, device: torch.device) -> None:
+    """Set this process's generators to row ``rank`` of a stacked state (`gather_rng`)."""
+    torch.set_rng_state(state["cpu"][rank].clone())
+    if device.type == "cuda" and "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"][rank].clone(), device)
+    _set_host_generators(state, rank)
 
 
 def restore_rng(state: Any, dist: Dist) -> str:
@@ -123,10 +188,7 @@ def restore_rng(state: Any, dist: Dist) -> str:
             f"the checkpoint's run had {state['cpu'].shape[0]} processes, this one has {dist.world_size}: the random "
             "generators start from --seed, so crops and masks differ from an uninterrupted run"
         )
-    torch.set_rng_state(state["cpu"][dist.rank].clone())
-    if dist.device.type == "cuda" and "cuda" in state:
-        torch.cuda.set_rng_state(state["cuda"][dist.rank].clone(), dist.device)
-    _set_host_generators(state, dist.rank)
+    set_local_rng(state, dist.rank, dist.device)
     if "python" not in state:
         return (
             "torch's random-generator state restored (the checkpoint has no Python/numpy generator states: "
@@ -151,13 +213,13 @@ def read_run_checkpoint(path: str | Path) -> dict[str, Any]:
 
 
 def resolve_resume(resume: str) -> Path:
-    """``--resume FILE``, or ``--resume FOLDER`` for the folder's latest checkpoint-N.pth."""
+    """``--resume FILE``, or ``--resume FOLDER`` for the folder's latest checkpoint (`latest_checkpoint`)."""
     path = Path(resume).expanduser()
     if path.is_dir():
-        found = checkpoints_in(path)
-        if not found:
+        latest = latest_checkpoint(path)
+        if latest is None:
             raise CheckpointError(path, "holds no checkpoint-N.pth to resume from.", "Give the checkpoint file itself.")
-        return found[max(found)]
+        return latest
     return path
 
 
