@@ -343,8 +343,10 @@ def fake_timings(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, int, int]]:
         timed.append((rows, inner, out))
         onednn_s = {48: 0.5, 40: 0.85}.get(out, 2.0)
         shape = (*x.shape[:-1], out)
-        return Choice(rows, inner, out, 1.0, onednn_s), torch.full(shape, TIMED_BY["MKL"]), torch.full(
-            shape, TIMED_BY["oneDNN"]
+        return (
+            Choice(rows, inner, out, 1.0, onednn_s),
+            torch.full(shape, TIMED_BY["MKL"]),
+            torch.full(shape, TIMED_BY["oneDNN"]),
         )
 
     monkeypatch.setattr(onednn_module, "_time_both", time_both)
