@@ -222,12 +222,31 @@ def _run_official_main(
         sys.modules.update(saved)
 
 
-def run_official_pretrain(argv: list[str], model_kwargs: dict[str, Any] | None = None) -> None:
+# Called with the imported script and its parsed arguments just before its `main` runs: it may wrap a name of the
+# script's module (e.g. `trunc_normal_`, `build_dataset`) to record what the script computes, and raise to stop it.
+Hook = Callable[[ModuleType, argparse.Namespace], None]
+
+
+def _then(install: Hook, hook: Hook | None) -> Hook:
+    """`install`, then `hook` (when given)."""
+
+    def both(main_module: ModuleType, args: argparse.Namespace) -> None:
+        install(main_module, args)
+        if hook is not None:
+            hook(main_module, args)
+
+    return both
+
+
+def run_official_pretrain(
+    argv: list[str], model_kwargs: dict[str, Any] | None = None, hook: Hook | None = None
+) -> None:
     """Run the official `main_pretrain.py` with command-line `argv`, in this process, under the shims.
 
     `model_kwargs` (optional) replaces the model that `--model` names by the official
     `MaskedAutoencoderViT(**model_kwargs, norm_pix_loss=...)`, so small configurations can be trained.
-    The official script reads `DATA/train`; pass `--device cpu` where there is no GPU.
+    The official script reads `DATA/train`; pass `--device cpu` where there is no GPU. `hook` (optional) is
+    called with the imported script and its parsed arguments just before its `main` runs (see `Hook`).
     """
 
     def install(main_pretrain: ModuleType, args: argparse.Namespace) -> None:
@@ -241,7 +260,7 @@ def run_official_pretrain(argv: list[str], model_kwargs: dict[str, Any] | None =
 
         setattr(main_pretrain.models_mae, args.model, factory)
 
-    _run_official_main("main_pretrain", argv, install)
+    _run_official_main("main_pretrain", argv, _then(install, hook))
 
 
 # `--model` names of the official fine-tuning scripts (`models_vit`): the same names in `mae.classifier`.
@@ -281,25 +300,31 @@ def _our_classifier(model_kwargs: dict[str, Any] | None) -> Callable[[ModuleType
     return install
 
 
-def run_official_finetune(argv: list[str], model_kwargs: dict[str, Any] | None = None) -> None:
+def run_official_finetune(
+    argv: list[str], model_kwargs: dict[str, Any] | None = None, hook: Hook | None = None
+) -> None:
     """Run the official `main_finetune.py` with command-line `argv`, in this process, under the shims.
 
     The model is OUR classifier (`mae.classifier.<--model>`, e.g. `vit_base_patch16`) with `model_kwargs`
     (MAEConfig fields such as img_size, patch_size, embed_dim, depth, num_heads) applied to the variant's
     configuration, and the script's `num_classes`, `drop_path_rate` and `global_pool`. The script reads
     `DATA/train` and `DATA/val`; pass `--device cpu` where there is no GPU. `--eval` returns after evaluating.
+    `hook`: as in `run_official_pretrain`.
     """
-    _run_official_main("main_finetune", argv, _our_classifier(model_kwargs))
+    _run_official_main("main_finetune", argv, _then(_our_classifier(model_kwargs), hook))
 
 
-def run_official_linprobe(argv: list[str], model_kwargs: dict[str, Any] | None = None) -> None:
+def run_official_linprobe(
+    argv: list[str], model_kwargs: dict[str, Any] | None = None, hook: Hook | None = None
+) -> None:
     """Run the official `main_linprobe.py` with command-line `argv`, in this process, under the shims.
 
     The model is OUR classifier, as in `run_official_finetune` (the script passes no drop_path_rate: 0),
     with the official head `Sequential(BatchNorm1d(affine=False), Linear)` put on it by the script. Its
-    transforms are fixed at 224 px: use a model with `img_size` 224 (a large patch keeps it cheap).
+    transforms are fixed at 224 px: use a model with `img_size` 224 (a large patch keeps it cheap). `hook`: as
+    in `run_official_pretrain`.
     """
-    _run_official_main("main_linprobe", argv, _our_classifier(model_kwargs))
+    _run_official_main("main_linprobe", argv, _then(_our_classifier(model_kwargs), hook))
 
 
 _modules: dict[str, ModuleType] = {}

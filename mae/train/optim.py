@@ -7,7 +7,7 @@ from typing import Any
 import torch
 from torch import nn
 
-BETAS = (0.9, 0.999)  # β2 = 0.95 rather than 0.999: steadier with very large batches (He et al., Table 8)
+BETAS = (0.9, 0.95)  # β2 = 0.95 rather than 0.999: steadier with very large batches (He et al., Table 8)
 
 
 def param_groups_weight_decay(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
