@@ -89,6 +89,6 @@ def test_a_signal_to_one_rank_stops_both_at_one_step_and_the_requeue_is_the_stra
     assert run(out, data, signal_at=STEPS + 2) == [EXIT_PREEMPTED, EXIT_PREEMPTED]  # epoch 1, its second batch
     mid = load(out / MID_EPOCH_NAME)
     assert (mid["position"]["epoch"], mid["position"]["step"]) == (1, 2)
-    assert mid["rng"]["cpu"].shape[0] == 2 and mid["position"]["averages"].shape == (2, 4)  # both ranks' rows
+    assert mid["rng"]["cpu"].shape[0] == 2 and mid["position"]["averages"].shape == (2, 5)  # both ranks' rows
     assert run(out, data) == [0, 0]
     same_run(tmp_path / "straight", out, last_epoch=1)
