@@ -22,7 +22,8 @@ from typing import Any
 
 import pytest
 import torch
-from train_helpers import TINY_ARGS, TINY_CONFIG, make_image_folder, run_quietly
+from train_helpers import TINY_ARGS, TINY_CONFIG, assert_same, make_image_folder, run_quietly
+from train_helpers import load_checkpoint as load
 
 import mae
 from mae.train.optim import build_adamw
@@ -35,27 +36,6 @@ STEPS = 4  # 16 images in batches of 4
 def fresh_state() -> dict[str, Any]:
     """What an enabled scaler that has not stepped yet saves (torch's constructor defaults)."""
     return torch.amp.GradScaler("cpu", enabled=True).state_dict()
-
-
-def load(path: Path) -> dict[str, Any]:
-    with torch.serialization.safe_globals([argparse.Namespace]):
-        return torch.load(path, map_location="cpu", weights_only=True)
-
-
-def assert_same(a: Any, b: Any, where: str) -> None:
-    """Equal nested values, tensors bit for bit."""
-    if isinstance(a, torch.Tensor):
-        assert isinstance(b, torch.Tensor) and a.dtype == b.dtype and torch.equal(a, b), where
-    elif isinstance(a, dict):
-        assert isinstance(b, dict) and a.keys() == b.keys(), where
-        for key in a:
-            assert_same(a[key], b[key], f"{where}/{key}")
-    elif isinstance(a, list | tuple):
-        assert type(a) is type(b) and len(a) == len(b), where
-        for i, (x, y) in enumerate(zip(a, b, strict=True)):
-            assert_same(x, y, f"{where}/{i}")
-    else:
-        assert a == b, where
 
 
 def pretrain_argv(data: Path, output: Path, dtype: str, *more: str) -> list[str]:

@@ -41,7 +41,6 @@ the exact run: its error is bounded too (gradients below 20 roundoffs, weights b
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import os
@@ -54,7 +53,15 @@ from typing import Any, NamedTuple
 import pytest
 import torch
 from torch import Tensor
-from train_helpers import classification_argv, make_classification_data, make_image_folder, pretrain, run_cli
+from train_helpers import (
+    assert_same,
+    classification_argv,
+    make_classification_data,
+    make_image_folder,
+    pretrain,
+    run_cli,
+)
+from train_helpers import load_checkpoint as load
 
 import mae
 from helpers import small_config
@@ -304,33 +311,12 @@ STEPS = 4  # the `data` fixture: 16 images in batches of 4
 DEFAULT_SCALE = torch.amp.GradScaler("cpu").get_scale()  # torch's initial scale (65536)
 
 
-def load(path: Path) -> dict[str, Any]:
-    with torch.serialization.safe_globals([argparse.Namespace]):
-        return torch.load(path, map_location="cpu", weights_only=True)
-
-
 def log_records(out_dir: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in (out_dir / "log.txt").read_text().splitlines()]
 
 
 def without_speed(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [{k: v for k, v in r.items() if "per_s" not in k} for r in records]
-
-
-def assert_same(a: Any, b: Any, where: str = "") -> None:
-    """Equal nested values, tensors bit for bit."""
-    if isinstance(a, Tensor):
-        assert isinstance(b, Tensor) and a.dtype == b.dtype and torch.equal(a, b), where
-    elif isinstance(a, dict):
-        assert isinstance(b, dict) and a.keys() == b.keys(), f"{where}: {sorted(a)} != {sorted(b)}"
-        for key in a:
-            assert_same(a[key], b[key], f"{where}/{key}")
-    elif isinstance(a, list | tuple):
-        assert len(a) == len(b), where
-        for i, (x, y) in enumerate(zip(a, b, strict=True)):
-            assert_same(x, y, f"{where}/{i}")
-    else:
-        assert a == b, f"{where}: {a!r} != {b!r}"
 
 
 @pytest.fixture(scope="module")

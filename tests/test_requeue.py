@@ -11,7 +11,6 @@ the temporary file a killed save left. The kills with SIGKILL, at chosen moments
 
 from __future__ import annotations
 
-import argparse
 import os
 import signal
 from pathlib import Path
@@ -20,7 +19,15 @@ from typing import Any
 
 import pytest
 import torch
-from train_helpers import classification_argv, make_classification_data, make_image_folder, pretrain, run_cli
+from train_helpers import (
+    assert_same,
+    classification_argv,
+    make_classification_data,
+    make_image_folder,
+    pretrain,
+    run_cli,
+)
+from train_helpers import load_checkpoint as load
 
 import mae
 from mae.train import preemption, run_checkpoint
@@ -28,27 +35,6 @@ from mae.train.preemption import EXIT_PREEMPTED, Preemption
 from mae.train.run_checkpoint import MID_EPOCH_NAME
 
 STEPS = 6  # the `data` fixture: 24 images in batches of 4
-
-
-def load(path: Path) -> dict[str, Any]:
-    with torch.serialization.safe_globals([argparse.Namespace]):
-        return torch.load(path, map_location="cpu", weights_only=True)
-
-
-def assert_same(a: Any, b: Any, where: str = "") -> None:
-    """Equal nested values, tensors bit for bit."""
-    if isinstance(a, torch.Tensor):
-        assert isinstance(b, torch.Tensor) and a.dtype == b.dtype and torch.equal(a, b), where
-    elif isinstance(a, dict):
-        assert isinstance(b, dict) and a.keys() == b.keys(), f"{where}: {sorted(a)} != {sorted(b)}"
-        for key in a:
-            assert_same(a[key], b[key], f"{where}/{key}")
-    elif isinstance(a, list | tuple):
-        assert len(a) == len(b), where
-        for i, (x, y) in enumerate(zip(a, b, strict=True)):
-            assert_same(x, y, f"{where}/{i}")
-    else:
-        assert a == b, f"{where}: {a!r} != {b!r}"
 
 
 def same_run(straight: Path, requeued: Path, last_epoch: int) -> None:

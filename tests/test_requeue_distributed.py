@@ -15,9 +15,10 @@ from typing import Any
 
 import pytest
 import torch.distributed as dist
-from test_requeue import load, same_run
+from test_requeue import same_run
 from torch.multiprocessing.spawn import spawn
 from train_helpers import TINY_ARGS, make_image_folder
+from train_helpers import load_checkpoint as load
 
 from helpers import free_port
 from mae.train.preemption import EXIT_PREEMPTED

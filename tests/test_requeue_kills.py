@@ -21,8 +21,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_requeue import load, same_run
+from test_requeue import same_run
 from train_helpers import TINY_ARGS, make_image_folder, run_quietly
+from train_helpers import load_checkpoint as load
 
 from mae.train.preemption import EXIT_PREEMPTED
 from mae.train.run_checkpoint import MID_EPOCH_NAME

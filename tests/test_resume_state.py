@@ -10,7 +10,6 @@ resume without it differs.
 
 from __future__ import annotations
 
-import argparse
 import random
 from pathlib import Path
 from typing import Any
@@ -19,15 +18,11 @@ import numpy as np
 import pytest
 import torch
 from train_helpers import TINY_ARGS, classification_argv, make_classification_data, run_quietly
+from train_helpers import load_checkpoint as load
 
 from mae.train.run_checkpoint import local_rng_state
 
 MIXUP = ["--mixup", "0.8", "--cutmix", "1.0"]
-
-
-def load(path: Path) -> dict[str, Any]:
-    with torch.serialization.safe_globals([argparse.Namespace]):
-        return torch.load(path, map_location="cpu", weights_only=True)
 
 
 def other_generators() -> dict[str, torch.Tensor]:

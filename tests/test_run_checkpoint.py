@@ -23,34 +23,14 @@ from typing import Any
 
 import pytest
 import torch
-from train_helpers import TINY_CONFIG, TINY_MODEL_ARGS, make_image_folder, pretrain
+from train_helpers import TINY_CONFIG, TINY_MODEL_ARGS, assert_same, make_image_folder, pretrain
+from train_helpers import load_checkpoint as load
 
 import mae
 from mae.train import run_checkpoint
 
 ENTRIES = {"model", "optimizer", "epoch", "scaler", "args", "rng"}  # the official five, and rng
 STEPS = 4  # the `data` fixture: 16 images in batches of 4
-
-
-def load(path: Path) -> dict[str, Any]:
-    with torch.serialization.safe_globals([argparse.Namespace]):
-        return torch.load(path, map_location="cpu", weights_only=True)
-
-
-def assert_same(a: Any, b: Any, where: str = "") -> None:
-    """Equal nested values, tensors bit for bit."""
-    if isinstance(a, torch.Tensor):
-        assert isinstance(b, torch.Tensor) and a.dtype == b.dtype and torch.equal(a, b), where
-    elif isinstance(a, dict):
-        assert isinstance(b, dict) and a.keys() == b.keys(), where
-        for key in a:
-            assert_same(a[key], b[key], f"{where}/{key}")
-    elif isinstance(a, list | tuple):
-        assert type(a) is type(b) and len(a) == len(b), where
-        for i, (x, y) in enumerate(zip(a, b, strict=True)):
-            assert_same(x, y, f"{where}/{i}")
-    else:
-        assert a == b, where
 
 
 def log_records(out_dir: Path) -> list[dict[str, Any]]:

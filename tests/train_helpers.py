@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
 from typing import Any
 
@@ -174,3 +175,25 @@ def classification_argv(command: str, data: Path, output: Path | str, *more: str
         command, "--data_path", str(data), *TINY_CLASSIFIER_ARGS, "--epochs", str(epochs), "--warmup_epochs", "1",
         "--output_dir", str(output), *more,
     ]  # fmt: skip
+
+
+def load_checkpoint(path: Path) -> dict[str, Any]:
+    """A training checkpoint's entries, read as the official loader reads them (``weights_only``)."""
+    with torch.serialization.safe_globals([argparse.Namespace]):
+        return torch.load(path, map_location="cpu", weights_only=True)  # type: ignore[no-any-return]
+
+
+def assert_same(a: Any, b: Any, where: str = "") -> None:
+    """Equal nested values (dicts, lists, tuples), tensors bit for bit and of the same dtype."""
+    if isinstance(a, Tensor):
+        assert isinstance(b, Tensor) and a.dtype == b.dtype and torch.equal(a, b), where
+    elif isinstance(a, dict):
+        assert isinstance(b, dict) and a.keys() == b.keys(), f"{where}: {sorted(a)} != {sorted(b)}"
+        for key in a:
+            assert_same(a[key], b[key], f"{where}/{key}")
+    elif isinstance(a, list | tuple):
+        assert type(a) is type(b) and len(a) == len(b), where
+        for i, (x, y) in enumerate(zip(a, b, strict=True)):
+            assert_same(x, y, f"{where}/{i}")
+    else:
+        assert a == b, f"{where}: {a!r} != {b!r}"
