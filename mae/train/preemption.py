@@ -37,7 +37,7 @@ SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
 
 
 class Preempted(Exception):
-    """A signal asked the run to stop; a mid-epoch checkpoint was written (``path``) before raising."""
+    """A signal asked the run to stop at an optimizer-step boundary (``where``), after the mid-epoch checkpoint."""
 
     def __init__(self, signal_name: str, where: str) -> None:
         super().__init__(f"stopped by {signal_name} {where}")

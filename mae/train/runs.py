@@ -34,7 +34,6 @@ from .run_checkpoint import (
     checkpoints_in,
     gather_rng,
     latest_checkpoint,
-    mid_epoch_position,
     plain_args,
     read_run_checkpoint,
     remove_stale_temporaries,
@@ -186,9 +185,9 @@ def save_checkpoint(
     path = checkpoint_path(output, epoch)
     if dist.is_main:
         save_atomic(_training_state(epoch, model, optimizer, scaler, args) | {"rng": rng}, path)
-        mid = output / MID_EPOCH_NAME
-        if mid.is_file() and (mid_epoch_position(mid) or (epoch, 0))[0] <= epoch:
-            mid.unlink(missing_ok=True)
+        stale = superseded_mid_epoch(output)
+        if stale is not None:
+            stale.unlink(missing_ok=True)
     return path
 
 
