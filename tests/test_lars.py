@@ -9,7 +9,7 @@ from collections.abc import Callable
 import numpy as np
 import pytest
 import torch
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from helpers import assert_bit_equal
@@ -23,7 +23,8 @@ def reference_step(p: np.ndarray, mu: np.ndarray, g: np.ndarray, lr: float, wd: 
     """The LARS update written from the paper's formula (You et al., 2017; MoCo v3 form), in float64."""
     if p.ndim > 1:
         d = g + wd * p
-        p_norm, d_norm = math.sqrt(float((p * p).sum())), math.sqrt(float((d * d).sum()))
+        # math.hypot scales before squaring: a sum of squares underflows to 0 for norms below ~1e-154
+        p_norm, d_norm = math.hypot(*p.ravel().tolist()), math.hypot(*d.ravel().tolist())
         if p_norm > 0 and d_norm > 0:
             d = d * (tc * p_norm / d_norm)
     else:
@@ -54,6 +55,14 @@ def param_and_grads(draw: st.DrawFn) -> tuple[np.ndarray, list[np.ndarray]]:
     wd=st.sampled_from([0.0, 0.05, 1.5]),
     momentum=st.sampled_from([0.0, 0.9, 0.5]),
     tc=st.sampled_from([0.001, 0.1, 1.0]),
+)
+# found by hypothesis: ||p|| = 2.5e-164 after one step, whose square underflows; LARS must still scale the update
+@example(
+    case=(np.zeros((1, 1)), [np.ones((1, 1)), np.ones((1, 1))]),
+    lr=2.4640753640570864e-164,
+    wd=0.0,
+    momentum=0.0,
+    tc=0.001,
 )
 def test_steps_follow_the_formula(
     case: tuple[np.ndarray, list[np.ndarray]], lr: float, wd: float, momentum: float, tc: float
