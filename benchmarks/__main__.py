@@ -1,14 +1,16 @@
-"""`python -m benchmarks [forward|load|train|finetune|all] ...`: run a benchmark (see benchmarks/README.md).
+"""`python -m benchmarks [forward|load|train|finetune|memory|data|features|all] ...`: run a benchmark (see
+benchmarks/README.md).
 
 Without a name, `all`: the forward benchmark, then the load benchmark, each with its defaults (`train`
-and `finetune` take about 7 and 15 minutes more on 2 cores, so they run only when named).
+and `finetune` take about 7 and 15 minutes more on 2 cores, and `memory` (gradient checkpointing) some
+minutes, so they run only when named).
 """
 
 from __future__ import annotations
 
 import sys
 
-from . import finetune, forward, load, train
+from . import data, features, finetune, forward, load, memory, train
 
 
 def run_all(argv: list[str]) -> int:
@@ -17,7 +19,10 @@ def run_all(argv: list[str]) -> int:
     return forward.main([]) or load.main([])
 
 
-COMMANDS = {"forward": forward.main, "load": load.main, "train": train.main, "finetune": finetune.main, "all": run_all}
+COMMANDS = {
+    "forward": forward.main, "load": load.main, "train": train.main, "finetune": finetune.main,
+    "memory": memory.main, "data": data.main, "features": features.main, "all": run_all,
+}  # fmt: skip
 
 if __name__ == "__main__":
     name = sys.argv[1] if len(sys.argv) > 1 else "all"

@@ -9,6 +9,8 @@ call is `--steps` steps of epoch 10 of the recipe (past warmup, so the learning 
 - "ours": `mae.train.engine_finetune.train_one_epoch`, float32, the default path;
 - "fast": the same after `mae.set_onednn_linear(model, True)` (`mae finetune --fast`; float32 CPU only);
 - "bf16": the same under `mae.train.precision.autocast(device, torch.bfloat16)` (`--dtype bfloat16`);
+- "bf16_attn", "bf16_adamw", "bf16_fast", "fast_adamw": `--fast`'s choices one at a time and together, as in
+  the pre-training benchmark (`benchmarks/routes.py`);
 - "compile": the same through `torch.compile(model)` (`--compile`), warmed up by two calls;
 - "official" (with $MAE_OFFICIAL_REPO): the official `engine_finetune.train_one_epoch` with OUR classifier
   (a second copy, the same weights), the official `util.lr_decay` groups, AdamW as `main_finetune.py` builds
@@ -40,12 +42,14 @@ import torch
 from torch import Tensor, nn
 
 import mae
-from benchmarks import host, train
+from benchmarks import host, routes, train
 from benchmarks.train import SLOW_FACTOR, _quiet, fast_applies
 from mae.onednn import fast_path_summary
 from mae.train.distributed import Dist
 from mae.train.engine_finetune import train_one_epoch
+from mae.train.fast_path import classifier_tokens
 from mae.train.mixup import build_criterion, build_mixup
+from mae.train.optim import set_fused_adamw
 from mae.train.precision import autocast, grad_scaler
 from mae.train.schedule import CosineSchedule, base_learning_rate
 
@@ -77,8 +81,9 @@ MIXING = argparse.Namespace(
 )  # fmt: skip
 LABELS = {
     "ours": "ours, float32 (default path)",
-    "fast": "ours --fast (MKL or oneDNN per product shape, float32)",
+    "fast": "ours, oneDNN linear layers only (MKL or oneDNN per product shape, float32)",
     "bf16": "ours, bf16 autocast",
+    **routes.FAST_VARIANTS,
     "compile": "ours, torch.compile (float32)",
     "official": "official engine, our classifier (float32 on the CPU)",
 }
@@ -124,19 +129,20 @@ def ours_call(
     *,
     fast: bool = False,
     dtype: torch.dtype = torch.float32,
+    route: routes.Route | None = None,
 ) -> Callable[[], Stats]:
-    """One epoch over `loader` by our engine (through `forward`, the model or its compiled wrapper)."""
-    scaler, criterion, mixup_fn = grad_scaler(device, dtype), build_criterion(MIXING), build_mixup(MIXING, CLASSES)
+    """One epoch over `loader` by our engine (through `forward`, the model or its compiled wrapper); `route`
+    (`benchmarks/routes.py`), when given, in place of `fast` and `dtype`."""
+    route = route or routes.Route(dtype=dtype, onednn=fast)
+    scaler = grad_scaler(device, route.dtype)
+    criterion, mixup_fn = build_criterion(MIXING), build_mixup(MIXING, CLASSES)
 
     def go() -> Stats:
-        mae.set_onednn_linear(model, fast)  # one model object, switched for this call only
-        try:
+        with routes.taken(model, route):  # one model object, switched for this call only
             return train_one_epoch(
                 forward, criterion, loader, optimizer, scaler, schedule, EPOCH, steps=len(loader),
-                mixup_fn=mixup_fn, autocast=autocast(device, dtype), dist=Dist(device=device),
+                mixup_fn=mixup_fn, autocast=autocast(device, route.dtype), dist=Dist(device=device),
             )  # fmt: skip
-        finally:
-            mae.set_onednn_linear(model, False)
 
     return go
 
@@ -185,19 +191,30 @@ def _assert_official_optimizer() -> None:
 
 
 def build_calls(
-    args: argparse.Namespace, device: torch.device
+    args: argparse.Namespace, device: torch.device, plans: dict[str, str] | None = None
 ) -> tuple[dict[str, Callable[[], Stats]], nn.Module, torch.optim.Optimizer, int]:
-    """The variants' calls, our model and optimizer, and the image size."""
+    """The variants' calls, our model and optimizer, and the image size; `--fast`'s choices, described, into
+    `plans` by variant."""
+    plans = {} if plans is None else plans
     recipe = recipe_of(args.model)
     torch.manual_seed(0)
     model = build_classifier(args.model).to(device)
     schedule = CosineSchedule(base_learning_rate(recipe.blr, args.batch), MIN_LR, WARMUP_EPOCHS, recipe.epochs)
     groups = mae.param_groups_lrd(model, WEIGHT_DECAY, recipe.layer_decay)
     optimizer = torch.optim.AdamW(groups, lr=schedule.lr)  # `mae finetune`'s optimizer (betas 0.9, 0.999)
+    fused = torch.optim.AdamW(mae.param_groups_lrd(model, WEIGHT_DECAY, recipe.layer_decay), lr=schedule.lr)
+    set_fused_adamw(fused, True)  # the fused-AdamW variants' own (`--fast` fuses the optimizer itself)
     loader = FixedImages(args.batch, model.config.img_size, args.steps, device)
+    tokens = classifier_tokens(model.patch_embed.num_patches)
     calls: dict[str, Callable[[], Stats]] = {}
     for name in args.variants:
-        if name == "ours":
+        if name in routes.FAST_VARIANTS:
+            route, plan = routes.route_of(name, model, device, args.batch, tokens)
+            if plan is not None:
+                plans[name] = plan.describe().removeprefix("; --fast: ")
+            chosen = routes.optimizer_for(route, optimizer, fused)
+            calls[name] = ours_call(model, model, chosen, schedule, loader, device, route=route)
+        elif name == "ours":
             calls[name] = ours_call(model, model, optimizer, schedule, loader, device)
         elif name == "fast":
             calls[name] = ours_call(model, model, optimizer, schedule, loader, device, fast=True)
@@ -214,7 +231,8 @@ def build_calls(
 
 
 def bench_steps(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
-    calls, model, optimizer, img_size = build_calls(args, device)
+    plans: dict[str, str] = {}
+    calls, model, optimizer, img_size = build_calls(args, device, plans)
     last: dict[str, Stats] = {}
 
     def call(name: str) -> Callable[[], None]:
@@ -227,7 +245,7 @@ def bench_steps(args: argparse.Namespace, device: torch.device) -> dict[str, Any
     for name, row in rows.items():
         row["lr"] = float(last[name]["lr"])  # the engine's average over its last call's steps (largest group's)
         row["loss"] = float(last[name]["loss"])
-    return {"rows": rows, "state_bytes": state, "img_size": img_size}
+    return {"rows": rows, "state_bytes": state, "img_size": img_size, "plans": plans}
 
 
 # --- the report ---------------------------------------------------------------------------------------
@@ -282,6 +300,8 @@ def goals(results: dict[str, Any]) -> list[str]:
             f"| bf16: its products take {1 / precision['speedup']:.1f}x float32's time here, so `mae finetune "
             f"--dtype bfloat16` must warn before the run | warns | {said} | {verdict} |"
         )
+    noise = host.noise_floor([ours / official] if ours and official else [])
+    lines += train.best_step_goals(rows, official, precision, host.fast_gain(ratio), noise)
     lines += ["", f"This host's largest product gain over the official engine's: {source}."]
     if value is not None:
         stated = "met" if round(value, 2) >= GOAL else "missed"

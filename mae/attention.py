@@ -30,15 +30,20 @@ class Attention(nn.Module):
         # Một phép chiếu chung sinh ra q, k, v cho mọi head: [B, N, 3C] -> 3 x [B, H, N, C/H].
         qkv = self.qkv(x).reshape(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
         q, k, v = qkv.unbind(0)  # each [B, H, N, hd]
-        if self.fused:
-            x = F.scaled_dot_product_attention(q, k, v)  # [B, H, N, hd]
-        else:
-            # Mỗi token lấy trung bình có trọng số của các value; trọng số = softmax(q·k / sqrt(hd)).
-            attn = (q * self.scale) @ k.transpose(-2, -1)  # [B, H, N, N]
-            attn = attn.softmax(dim=-1)
-            x = attn @ v  # [B, H, N, hd]
+        x = attend(q, k, v, self.scale, fused=self.fused)  # [B, H, N, hd]
         x = x.transpose(1, 2).reshape(B, N, C)  # ghép các head lại: [B, N, C]
         return self.proj(x)
+
+
+def attend(q: Tensor, k: Tensor, v: Tensor, scale: float, *, fused: bool) -> Tensor:
+    """softmax(q k^T * scale) v over [B, H, N, hd] tensors: by SDPA (`fused`) or written out (the reference;
+    `mae/attention_kernel.py` times the two for a training run's `--fast`)."""
+    if fused:
+        return F.scaled_dot_product_attention(q, k, v)  # [B, H, N, hd]
+    # Mỗi token lấy trung bình có trọng số của các value; trọng số = softmax(q·k / sqrt(hd)).
+    attn = (q * scale) @ k.transpose(-2, -1)  # [B, H, N, N]
+    attn = attn.softmax(dim=-1)
+    return attn @ v  # [B, H, N, hd]
 
 
 def set_fused_attn(module: nn.Module, enabled: bool) -> None:

@@ -1,5 +1,5 @@
 """The `mae` command line (also `python -m mae`): pretrain, finetune, linprobe, evaluate, plot, verify,
-reconstruct, inspect, convert, download.
+reconstruct, attention, features, knn, inspect, convert, download.
 
 Each training command's flags are defined beside its trainer (`mae.train.pretrain.add_arguments`); this
 module only registers the sub-commands.
@@ -65,11 +65,22 @@ def _reconstruct(args: argparse.Namespace) -> int:
         device=_device(args.device),
         dtype=_dtype(args.dtype),
         onednn=args.onednn,
+        bands=_bands(args.bands),
     )
     for note in notes:
         print(note)
     print(f"wrote {out}")
     return 0
+
+
+def _bands(text: str | None) -> tuple[int, ...] | None:
+    """``--bands 3,2,1`` -> (3, 2, 1); ValueError for anything but comma-separated channel numbers."""
+    if text is None:
+        return None
+    try:
+        return tuple(int(b) for b in text.split(","))
+    except ValueError:
+        raise ValueError(f"--bands takes channel numbers separated by commas (e.g. 3,2,1 or 0); got {text!r}") from None
 
 
 def _inspect(args: argparse.Namespace) -> int:
@@ -293,6 +304,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="the model's target: auto takes it from the official file name (the _full files use norm-pix)",
     )
     p.add_argument("-o", "--output", type=Path, default=Path("reconstruction.png"))
+    p.add_argument(
+        "--bands",
+        metavar="I,J,K",
+        help="the channels drawn (from 0): three as red, green, blue, or one in grey (default: the first three; "
+        "the first alone for 1- and 2-channel models)",
+    )
     _add_precision(p)
     p.add_argument(
         "--onednn",
@@ -303,6 +320,18 @@ def build_parser() -> argparse.ArgumentParser:
         "faster on this CPU; the figure says what it chose",
     )
     p.set_defaults(func=_reconstruct)
+
+    from .look import commands as look  # mae attention / features / knn: what a trained encoder learned
+
+    p = commands.add_parser("attention", help="the class token's attention in the last block, per head (DINO)")
+    look.add_attention_arguments(p)
+    p.set_defaults(func=look.run_attention)
+    p = commands.add_parser("features", help="the encoder's class-token and mean-pooled features of a folder")
+    look.add_features_arguments(p)
+    p.set_defaults(func=look.run_features)
+    p = commands.add_parser("knn", help="weighted k-NN accuracy of the encoder's features (DINO's protocol)")
+    look.add_knn_arguments(p)
+    p.set_defaults(func=look.run_knn)
 
     p = commands.add_parser("inspect", help="say what a checkpoint file holds, without building a model")
     p.add_argument("file", type=Path)

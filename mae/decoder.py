@@ -18,12 +18,13 @@ import torch
 from torch import Tensor, nn
 
 from .config import MAEConfig, resolve_config
+from .grad_checkpointing import GradCheckpointing, run_blocks
 from .masking import unshuffle
 from .pos_embed import get_2d_sincos_pos_embed
 from .transformer import Block, init_official
 
 
-class MAEDecoder(nn.Module):
+class MAEDecoder(GradCheckpointing, nn.Module):
     """Light ViT decoder: (latent [N, 1 + K, D], ids_restore [N, L]) -> pixel predictions [N, L, p*p*C]."""
 
     def __init__(self, config: MAEConfig | None = None, **overrides: Any) -> None:
@@ -76,8 +77,7 @@ class MAEDecoder(nn.Module):
         # Ghép mask token vào chỗ các patch bị che rồi đưa cả chuỗi về thứ tự patch gốc; [CLS] giữ ở đầu.
         x = torch.cat([x[:, :1, :], unshuffle(x[:, 1:, :], self.mask_token, ids_restore)], dim=1)  # [N, 1+L, Dd]
         x = x + self.decoder_pos_embed
-        for blk in self.decoder_blocks:
-            x = blk(x)
+        x = run_blocks(self.decoder_blocks, x, self.grad_checkpointing)  # [N, 1+L, Dd]
         x = self.decoder_norm(x)
         x = self.decoder_pred(x)  # [N, 1+L, p*p*C]
         return x[:, 1:, :]  # bỏ dự đoán của token [CLS]

@@ -19,6 +19,7 @@ import torch
 from torch import Tensor, nn
 
 from .config import MAEConfig, resolve_config
+from .grad_checkpointing import GradCheckpointing, run_blocks
 from .loading import Expectation, LoadReport, load_into
 from .masking import check_mask_ratio, random_masking
 from .patch_embed import PatchEmbed
@@ -26,7 +27,7 @@ from .pos_embed import get_2d_sincos_pos_embed
 from .transformer import Block, init_official
 
 
-class MAEEncoder(nn.Module):
+class MAEEncoder(GradCheckpointing, nn.Module):
     """ViT encoder of an MAE: images [N, C, H, W] -> visible-token features [N, 1 + K, D].
 
     Build it from an `MAEConfig` and/or keyword overrides: `MAEEncoder(embed_dim=768, depth=12, ...)`.
@@ -108,8 +109,7 @@ class MAEEncoder(nn.Module):
         """Prepend the class token (with its position row) and apply blocks and norm: [N, K, D] -> [N, 1+K, D]."""
         cls_token = self.cls_token + self.pos_embed[:, :1, :]
         x = torch.cat((cls_token.expand(x.shape[0], -1, -1), x), dim=1)
-        for blk in self.blocks:
-            x = blk(x)
+        x = run_blocks(self.blocks, x, self.grad_checkpointing)  # `set_grad_checkpointing`: recomputed in the backward
         return self.norm(x)
 
     def forward_encoder(

@@ -54,6 +54,15 @@ class Built:
     kwargs: dict[str, Any] = field(default_factory=dict)  # train_one_epoch's keywords (mask_ratio, clip_grad, ...)
 
 
+def model_input(built: Built, sample: Any) -> torch.Tensor:
+    """What the model gets for one sample of ``built``'s transforms: the sample collated as a batch of one
+    (`erasing.collate`), then the normalisation the trainer hands its engine (on the device, here the CPU)."""
+    from mae.train.erasing import collate
+
+    images, _ = collate([(sample, 0)])
+    return built.kwargs["normalize"](images)[0]
+
+
 class _Stop(BaseException):
     """Carries `Built` out of the trainer (a BaseException: the command's error report does not catch it)."""
 

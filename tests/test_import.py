@@ -15,3 +15,19 @@ def test_import_mae_and_the_cli_do_not_load_dynamo() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]", f"import mae loaded: {out}"
+
+
+def test_every_package_of_the_library_is_installed() -> None:
+    """A sub-package missing from pyproject's ``packages`` works in an editable install and is absent from a wheel."""
+    from pathlib import Path
+
+    import tomllib
+
+    root = Path(__file__).resolve().parent.parent
+    listed = set(tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    found = {
+        ".".join(init.parent.relative_to(root).parts)
+        for top in ("mae", "reference")
+        for init in (root / top).rglob("__init__.py")
+    }
+    assert found <= listed, f"add to [tool.setuptools] packages: {sorted(found - listed)}"

@@ -250,9 +250,12 @@ def test_mae_linprobe_equals_the_official_script(data: Path, tmp_path: Path) -> 
 def test_evaluation_equals_the_official_evaluate(data: Path) -> None:
     """The official `engine_finetune.evaluate` and ours on the same model and folder: the same top-1 and top-5,
     the loss within float rounding (batches of 4 divide the 12 images); and with a partial last batch."""
+    from timm.data.constants import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+
     from mae.train.augment import eval_transform
     from mae.train.data import build_eval_loader, build_image_folder
     from mae.train.engine_finetune import evaluate
+    from mae.train.normalize import DeviceNormalize
 
     found = official.official_finetune_engine()
     torch.manual_seed(0)
@@ -262,9 +265,11 @@ def test_evaluation_equals_the_official_evaluate(data: Path) -> None:
     dataset = build_image_folder(data / "val", eval_transform(32))
     for batch in (4, 5):
         loader = build_eval_loader(dataset, batch_size=batch, num_workers=0, pin_memory=False)
+        normalize = DeviceNormalize(IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD)  # our loader yields uint8
+        normalised = [(normalize(images), labels) for images, labels in loader]  # the official loader's batches
         with official.training_shims():
-            theirs, _ = quietly(found.engine.evaluate, loader, model, torch.device("cpu"))
-        ours = evaluate(model, loader, shared=False)
+            theirs, _ = quietly(found.engine.evaluate, normalised, model, torch.device("cpu"))
+        ours = evaluate(model, loader, shared=False, normalize=normalize)
         assert (ours["acc1"], ours["acc5"]) == (pytest.approx(theirs["acc1"]), pytest.approx(theirs["acc5"]))
         assert ours["images"] == VAL_IMAGES
         if batch == 4:

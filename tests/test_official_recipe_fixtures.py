@@ -29,7 +29,7 @@ from typing import Any
 import pytest
 import torch
 from PIL import Image
-from recipe_helpers import Built, build, official_recipe
+from recipe_helpers import Built, build, model_input, official_recipe
 from train_helpers import TINY_ARGS, TINY_CLASSIFIER_ARGS, make_classification_data, make_image_folder
 
 import mae.cli
@@ -162,22 +162,23 @@ def test_stored_images_are_the_generated_ones() -> None:
 
 def test_pretrain_augmentation_equals_the_official(data: Path) -> None:
     """`mae pretrain --input_size 32`'s training transform on the stored images: main_pretrain.py's outputs."""
-    transform = pretrain_built(data).loader.dataset.transform
+    built = pretrain_built(data)
+    transform = built.loader.dataset.transform
     assert T["input_size"] == 32
     for (index, seed), expected in zip(T["cases"], T["pretrain"], strict=True):
-        assert_official(apply(transform, index, seed), expected, f"image {index}, seed {seed}", atol=LEVEL)
+        ours = model_input(built, apply(transform, index, seed))
+        assert_official(ours, expected, f"image {index}, seed {seed}", atol=LEVEL)
 
 
 def test_finetune_augmentation_and_evaluation_equal_the_official(data: Path) -> None:
     """`mae finetune`'s defaults (RandAugment, random erasing...) at 32 px, and its evaluation transform."""
     built = classifier_built("finetune", data)
     for (index, seed), expected in zip(T["cases"], T["finetune_train"], strict=True):
-        ours = apply(built.loader.dataset.transform, index, seed)
+        ours = model_input(built, apply(built.loader.dataset.transform, index, seed))
         assert_official(ours, expected, f"training transform, image {index}, seed {seed}", atol=LEVEL)
     for index, expected in enumerate(T["finetune_eval"]):
-        assert_official(
-            apply(built.val.transform, index, 0), expected, f"evaluation transform, image {index}", atol=LEVEL
-        )
+        ours = model_input(built, apply(built.val.transform, index, 0))
+        assert_official(ours, expected, f"evaluation transform, image {index}", atol=LEVEL)
 
 
 def digest(tensor: torch.Tensor) -> str:
@@ -199,7 +200,8 @@ def test_linprobe_crop_and_evaluation_equal_the_official(data: Path) -> None:
             theirs = recipe.from_png(png)
             assert_official(ours.int(), theirs.int(), f"{what} (uint8)", atol=1)
             if SAME_KERNELS:
-                assert digest(apply(transform, index, seed)) == expected, f"{what}: output digest ({HELD_TO})"
+                output = model_input(built, apply(transform, index, seed))
+                assert digest(output) == expected, f"{what}: output digest ({HELD_TO})"
 
 
 # ------------------------------------------------------------------------------------------------ heads

@@ -42,7 +42,9 @@ from train_helpers import TINY_ARGS, TINY_CLASSIFIER_ARGS, make_classification_d
 
 import mae
 from mae.train.crop import RandomResizedCropNoRetry
+from mae.train.erasing import EraseLater
 from mae.train.lars import LARS
+from mae.train.normalize import DeviceNormalize
 
 # The paper's and the official scripts' values, written out.
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -109,12 +111,12 @@ def steps(transform: Any) -> list[Any]:
     return list(transform.transforms)
 
 
-def assert_imagenet_normalisation(step: Any) -> None:
-    assert isinstance(step, T.Normalize)
-    if isinstance(step.mean, torch.Tensor):  # timm keeps them as float32 tensors
-        assert torch.equal(step.mean, torch.tensor(IMAGENET_MEAN)) and torch.equal(step.std, torch.tensor(IMAGENET_STD))
-    else:
-        assert tuple(step.mean) == IMAGENET_MEAN and tuple(step.std) == IMAGENET_STD
+def assert_imagenet_normalisation(built: Built, to_integers: Any) -> None:
+    """The transform stops at the stored integers; the trainer hands the engine ImageNet's normalisation."""
+    assert type(to_integers) is T.PILToTensor
+    normalize = built.kwargs["normalize"]
+    assert isinstance(normalize, DeviceNormalize)
+    assert normalize.mean == IMAGENET_MEAN and normalize.std == IMAGENET_STD
 
 
 def assert_flip(step: Any) -> None:
@@ -126,13 +128,13 @@ def assert_flip(step: Any) -> None:
 
 def test_pretrain_augmentation(data: Path) -> None:
     """A random resized crop of 20-100% of the image (§4: MAE needs little augmentation), bicubic, a flip."""
-    crop, flip, to_tensor, normalise = steps(pretrain(data).loader.dataset.transform)
+    built = pretrain(data)
+    crop, flip, to_integers = steps(built.loader.dataset.transform)
     assert type(crop) is T.RandomResizedCrop
     assert crop.size == (32, 32) and tuple(crop.scale) == (0.2, 1.0) and tuple(crop.ratio) == RATIO
     assert crop.interpolation == InterpolationMode.BICUBIC
     assert_flip(flip)
-    assert type(to_tensor) is T.ToTensor
-    assert_imagenet_normalisation(normalise)
+    assert_imagenet_normalisation(built, to_integers)
 
 
 def test_pretrain_optimizer_schedule_and_masking(data: Path) -> None:
@@ -164,7 +166,7 @@ def test_pretrain_lr_follows_the_linear_scaling_rule(data: Path) -> None:
 def test_finetune_augmentation(data: Path) -> None:
     built = classifier("finetune", data)
     assert built.args.aa == "rand-m9-mstd0.5-inc1" and built.args.color_jitter is None
-    crop, flip, rand_augment, to_tensor, normalise, erase = steps(built.loader.dataset.transform)
+    crop, flip, rand_augment, to_integers, erase_later = steps(built.loader.dataset.transform)
     assert type(crop) is RandomResizedCropAndInterpolation
     assert crop.size == (32, 32) and tuple(crop.scale) == (0.08, 1.0) and tuple(crop.ratio) == RATIO
     assert crop.interpolation == InterpolationMode.BICUBIC
@@ -172,8 +174,9 @@ def test_finetune_augmentation(data: Path) -> None:
     assert rand_augment.num_layers == 2 and rand_augment.choice_weights is None
     assert [op.name for op in rand_augment.ops] == INCREASING_OPS
     assert {(op.prob, op.magnitude, op.magnitude_std) for op in rand_augment.ops} == {(0.5, 9, 0.5)}
-    assert type(to_tensor).__name__ == "MaybeToTensor"
-    assert_imagenet_normalisation(normalise)
+    assert_imagenet_normalisation(built, to_integers)
+    assert type(erase_later) is EraseLater  # drawn in the worker, applied after the normalisation (device)
+    erase = erase_later.erasing
     assert type(erase) is RandomErasing  # after the normalisation: erased pixels are N(0, 1) noise
     assert (erase.probability, erase.mode, erase.min_count, erase.max_count) == (0.25, "pixel", 1, 1)
 
@@ -182,12 +185,11 @@ def test_finetune_augmentation(data: Path) -> None:
 def test_evaluation_transform(data: Path, size: int, resize: int) -> None:
     """util/datasets.py: resize the short side to size / crop_pct (crop_pct 224/256 up to 224 px, else 1)."""
     built = classifier("finetune", data, "--input_size", str(size))
-    resize_step, centre, to_tensor, normalise = steps(built.val.transform)
+    resize_step, centre, to_integers = steps(built.val.transform)
     assert type(resize_step) is T.Resize and resize_step.size == resize
     assert resize_step.interpolation == InterpolationMode.BICUBIC
     assert type(centre) is T.CenterCrop and centre.size == (size, size)
-    assert type(to_tensor) is T.ToTensor
-    assert_imagenet_normalisation(normalise)
+    assert_imagenet_normalisation(built, to_integers)  # the trainer's one normalisation, for evaluation too
 
 
 def test_finetune_mixup_and_loss(data: Path) -> None:
@@ -250,17 +252,16 @@ def test_finetune_head_is_redrawn_after_loading_at_std_2e5_untruncated(data: Pat
 
 def test_linprobe_augmentation_and_evaluation(data: Path) -> None:
     built = linprobe_224(data)
-    crop, flip, to_tensor, normalise = steps(built.loader.dataset.transform)
+    crop, flip, to_integers = steps(built.loader.dataset.transform)
     assert type(crop) is RandomResizedCropNoRetry
     assert crop.size == (224, 224) and tuple(crop.scale) == (0.08, 1.0) and tuple(crop.ratio) == RATIO
     assert crop.interpolation == InterpolationMode.BICUBIC
     assert_flip(flip)
-    assert type(to_tensor) is T.ToTensor
-    assert_imagenet_normalisation(normalise)
-    resize, centre, to_tensor, normalise = steps(built.val.transform)
+    assert_imagenet_normalisation(built, to_integers)
+    resize, centre, to_integers = steps(built.val.transform)
     assert type(resize) is T.Resize and resize.size == 256 and resize.interpolation == InterpolationMode.BICUBIC
     assert type(centre) is T.CenterCrop and centre.size == (224, 224)
-    assert_imagenet_normalisation(normalise)
+    assert_imagenet_normalisation(built, to_integers)
 
 
 def test_linprobe_lars_head_schedule_and_loss(data: Path) -> None:

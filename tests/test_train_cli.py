@@ -99,7 +99,8 @@ ALL_FLAGS = [
     "--model_args", "depth=2", "embed_dim=64", "--weight_decay", "0.1", "--lr", "1e-4", "--blr", "2e-4",
     "--min_lr", "1e-6", "--warmup_epochs", "1", "--clip_grad", "3.0", "--output_dir", "out_dir",
     "--log_dir", "log_dir", "--print_freq", "5", "--save_every", "5", "--resume", "some_run", "--start_epoch", "2",
-    "--auto_resume", "--save_every_minutes", "30",
+    "--auto_resume", "--save_every_minutes", "30", "--grad_checkpointing", "--knn_every", "2",
+    "--in_chans", "4", "--mean", "0.1", "0.2", "--std", "0.3", "0.4", "--norm_stats", "auto",
     "--num_workers", "1", "--no_pin_mem", "--device", "cuda:1", "--seed", "7", "--dtype", "bfloat16", "--fast",
     "--compile", "--world_size", "2", "--local_rank", "0", "--dist_on_itp", "--dist_url", "tcp://host:1",
     "--dist_timeout", "60", "--overwrite",
@@ -138,8 +139,6 @@ BAD_FLAGS = {
     "unknown model": (["--model", "mae_vit_tiny"], ["unknown --model 'mae_vit_tiny'", *models.list_models()]),
     "patch does not divide": (["--input_size", "33"], ["img_size (33)", "patch_size (8)", "32 or 40"]),
     "mask ratio 1": (["--mask_ratio", "1.0"], ["--mask_ratio", "[0, 1)", "1.0"]),
-    "fast in bfloat16": (["--fast", "--dtype", "bfloat16"], ["--fast", "--dtype float32"]),
-    "fast in float16": (["--fast", "--dtype", "float16"], ["--fast", "--dtype float32"]),
     "unknown model field": (["--model_args", *TINY_MODEL_ARGS, "depth_of_field=3"], ["depth_of_field", "embed_dim"]),
     "model field without =": (["--model_args", *TINY_MODEL_ARGS, "depth2"], ["NAME=VALUE", "'depth2'"]),
 }

@@ -43,9 +43,10 @@ from train_helpers import FixedNoise, make_image_folder
 
 import mae
 from helpers import free_port, small_config
-from mae.train.data import build_loader, build_pretrain_dataset
+from mae.train.data import IMAGENET_MEAN, IMAGENET_STD, build_loader, build_pretrain_dataset
 from mae.train.distributed import Dist
 from mae.train.engine_pretrain import train_one_epoch
+from mae.train.normalize import DeviceNormalize
 from mae.train.optim import build_adamw
 from mae.train.precision import grad_scaler
 from mae.train.runs import seed_everything
@@ -125,8 +126,9 @@ def rank_average_losses(data: Path) -> list[float]:
             initial = initial or {k: v.clone() for k, v in model.state_dict().items()}
             model.load_state_dict(initial)
             cast(Any, loader.sampler).set_epoch(0)
+            normalize = DeviceNormalize(IMAGENET_MEAN, IMAGENET_STD)  # the trainer's: the loader yields uint8
             with torch.no_grad():
-                losses = [model(images, mask_ratio=0.75)[0].item() for images, _ in loader]
+                losses = [model(normalize(images), mask_ratio=0.75)[0].item() for images, _ in loader]
             averages.append(sum(losses) / len(losses))
     finally:
         torch.set_num_threads(threads)

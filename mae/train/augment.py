@@ -9,6 +9,11 @@
   1 above) with bicubic interpolation, centre crop, normalisation.
 
 timm is the official pipeline's own library (the official scripts call it), so it is used, not rewritten.
+
+Departure: each transform stops at the image's stored integers (uint8 [3, H, W], ``PILToTensor``) where the
+official ones end with ``ToTensor`` and ``Normalize`` (and, fine-tuning, random erasing): the trainers
+normalise the batch on the device (`normalize.DeviceNormalize`), and the erasing timm draws in the worker
+is applied there after it (`erasing`), so the model sees the official tensors bit for bit.
 """
 
 from __future__ import annotations
@@ -44,7 +49,28 @@ def finetune_transform(args: argparse.Namespace) -> Callable[[Any], torch.Tensor
             "and --aa '' turns it off"
         ) from None
     _keep_posterize_working(transform)
-    return transform
+    return _integers_out(transform)
+
+
+def _integers_out(transform: Any) -> Any:
+    """timm's Compose with ``MaybeToTensor`` + ``Normalize`` replaced by ``PILToTensor``, and its
+    ``RandomErasing`` by `erasing.EraseLater` (the same draws, applied on the device after normalising)."""
+    from timm.data.random_erasing import RandomErasing
+
+    from .erasing import EraseLater
+
+    t = _torchvision().transforms
+    steps: list[Any] = []
+    for step in transform.transforms:
+        if isinstance(step, t.Normalize):
+            continue  # trên thiết bị (DeviceNormalize), cùng phép tính float32
+        if type(step).__name__ in ("MaybeToTensor", "ToTensor"):
+            steps.append(t.PILToTensor())
+        elif isinstance(step, RandomErasing):
+            steps.append(EraseLater(step))
+        else:
+            steps.append(step)
+    return t.Compose(steps)
 
 
 def _keep_posterize_working(transform: Any) -> None:
@@ -83,7 +109,7 @@ def _build_finetune_transform(args: argparse.Namespace) -> Any:
 
 
 def eval_transform(input_size: int) -> Callable[[Any], torch.Tensor]:
-    """The official evaluation transform: resize to ``input_size / crop_pct`` (bicubic), centre crop, normalise."""
+    """The official evaluation transform: resize to ``input_size / crop_pct`` (bicubic), centre crop; uint8."""
     t = _torchvision().transforms
     # Ở 224 px: phóng ảnh về 256 rồi cắt giữa 224 (crop_pct = 224/256); lớn hơn 224 thì không cắt bớt.
     crop_pct = 224 / 256 if input_size <= 224 else 1.0
@@ -91,14 +117,13 @@ def eval_transform(input_size: int) -> Callable[[Any], torch.Tensor]:
         [
             t.Resize(int(input_size / crop_pct), interpolation=t.InterpolationMode.BICUBIC),
             t.CenterCrop(input_size),
-            t.ToTensor(),
-            t.Normalize(mean=IMAGENET_MEAN, std=IMAGENET_STD),
+            t.PILToTensor(),  # chuẩn hoá trên thiết bị (DeviceNormalize)
         ]
     )
 
 
 def linprobe_transform(input_size: int = 224) -> Callable[[Any], torch.Tensor]:
-    """The official linear-probe augmentation: random resized crop (bicubic, no retry loop) and flip only."""
+    """The official linear-probe augmentation: random resized crop (bicubic, no retry loop) and flip only; uint8."""
     from .crop import RandomResizedCropNoRetry
 
     t = _torchvision().transforms
@@ -107,7 +132,6 @@ def linprobe_transform(input_size: int = 224) -> Callable[[Any], torch.Tensor]:
             # Linear probing chỉ dùng tăng cường yếu: đặc trưng đã cố định, chỉ học lớp tuyến tính.
             RandomResizedCropNoRetry(input_size, interpolation=t.InterpolationMode.BICUBIC),
             t.RandomHorizontalFlip(),
-            t.ToTensor(),
-            t.Normalize(mean=IMAGENET_MEAN, std=IMAGENET_STD),
+            t.PILToTensor(),  # chuẩn hoá trên thiết bị (DeviceNormalize)
         ]
     )

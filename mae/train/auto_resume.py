@@ -29,6 +29,7 @@ NEUTRAL = frozenset(
         "auto_resume", "resume", "start_epoch", "overwrite", "output_dir", "log_dir", "print_freq",
         "pin_mem", "save_every", "save_every_minutes", "dist_url", "dist_on_itp", "local_rank",
         "world_size", "dist_timeout", "dist_eval", "eval", "command", "func",
+        "grad_checkpointing",  # the same gradients, bit for bit (`mae.grad_checkpointing`): only memory and time
     }
 )  # fmt: skip
 

@@ -28,6 +28,9 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 
+from .erasing import collate
+from .image_formats import ARRAY_EXTENSIONS, has_data_extension, in_own_modes
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 CHECK_ALL_UP_TO = 50_000  # larger folders: a random 1,000 are opened up front; the rest name themselves on failure
@@ -42,26 +45,35 @@ def _torchvision() -> Any:
 
 
 def pretrain_transform(input_size: int) -> Callable[[Any], torch.Tensor]:
-    """The official augmentation: random resized crop (scale 0.2-1, bicubic), horizontal flip, ImageNet norm."""
+    """The official augmentation: random resized crop (scale 0.2-1, bicubic), horizontal flip; uint8 [3, H, W].
+
+    Departure: the image's stored integers (``PILToTensor``), not ``ToTensor`` + ``Normalize``: the trainer
+    normalises the batch on the device (`normalize.DeviceNormalize`), bit-equal to the official tensors.
+    """
     t = _torchvision().transforms
     return t.Compose(
         [
             # MAE chỉ cần tăng cường dữ liệu nhẹ: việc che 75% patch đã là một dạng tăng cường mạnh (§4, Bảng 1e).
             t.RandomResizedCrop(input_size, scale=(0.2, 1.0), interpolation=t.InterpolationMode.BICUBIC),
             t.RandomHorizontalFlip(),
-            t.ToTensor(),
-            t.Normalize(mean=IMAGENET_MEAN, std=IMAGENET_STD),
+            t.PILToTensor(),
         ]
     )
 
 
 def load_rgb(path: str) -> Any:
-    """Open an image as RGB (torchvision's default loader), naming the file when it cannot be read."""
+    """Open an image as RGB (torchvision's default loader), naming the file when it cannot be read.
+
+    An image already in RGB (most JPEGs) is returned as decoded: ``convert("RGB")`` would return a copy of
+    it (Pillow's ``convert`` to the image's own mode), the same pixels, one pass over the image more.
+    """
     from PIL import Image, UnidentifiedImageError
 
     try:
         with open(path, "rb") as f:
-            return Image.open(f).convert("RGB")
+            img = Image.open(f)
+            img.load()
+            return img if img.mode == "RGB" else img.convert("RGB")
     except (OSError, UnidentifiedImageError, ValueError) as e:
         raise ValueError(f"cannot read image {path}: {e}. Remove or replace the file.") from None
 
@@ -72,13 +84,14 @@ class ImageFiles(Dataset[tuple[Any, int]]):
     def __init__(self, files: list[Path], transform: Callable[[Any], Any]) -> None:
         self.samples = [(str(f), 0) for f in files]
         self.transform = transform
+        self.loader: Callable[[str], Any] = load_rgb  # `image_formats.Reader` for data in its own mode
 
     def __len__(self) -> int:
         return len(self.samples)
 
     def __getitem__(self, index: int) -> tuple[Any, int]:
         path, label = self.samples[index]
-        return self.transform(load_rgb(path)), label
+        return self.transform(self.loader(path)), label
 
 
 def data_root(data_path: str | Path) -> Path:
@@ -95,19 +108,22 @@ def data_root(data_path: str | Path) -> Path:
     return root
 
 
-def build_pretrain_dataset(data_path: str | Path, input_size: int) -> Any:
+def build_pretrain_dataset(data_path: str | Path, input_size: int, in_chans: int = 3) -> Any:
     """The training images under ``data_path`` with the official augmentation, checked before any training.
 
     A map-style dataset of (image tensor, label) with ``samples``: an ``ImageFolder`` or an ``ImageFiles``.
+    ``in_chans`` other than 3, or ``.npy`` files: read in their own mode (`image_formats.in_own_modes`).
     """
     root = data_root(data_path)
     folder = _torchvision().datasets.folder
-    is_image = folder.IMG_EXTENSIONS
+    is_image = folder.IMG_EXTENSIONS + ARRAY_EXTENSIONS
     class_dirs = [d for d in sorted(root.iterdir()) if d.is_dir()]
     transform = pretrain_transform(input_size)
     dataset: Any
     if any(f.is_file() and f.name.lower().endswith(is_image) for d in class_dirs for f in d.rglob("*")):
-        dataset = folder.ImageFolder(str(root), transform=transform, loader=load_rgb, allow_empty=True)
+        dataset = folder.ImageFolder(
+            str(root), transform=transform, loader=load_rgb, is_valid_file=has_data_extension, allow_empty=True
+        )
     else:
         files = sorted(f for f in root.iterdir() if f.is_file() and f.name.lower().endswith(is_image))
         dataset = ImageFiles(files, transform)
@@ -117,7 +133,7 @@ def build_pretrain_dataset(data_path: str | Path, input_size: int) -> Any:
             f"{root} holds no images (looked for {', '.join(is_image)}, in it or in its sub-folders); "
             f"it has: {', '.join(seen)}"
         )
-    check_images([path for path, _ in dataset.samples])
+    in_own_modes(dataset, in_chans)
     return dataset
 
 
@@ -219,22 +235,29 @@ def build_loader(
         pin_memory=pin_memory,
         drop_last=True,
         worker_init_fn=leave_signals_to_the_trainer,
+        collate_fn=collate,  # torch's, but random erasing travels as a plan (`erasing`)
     )
 
 
-def build_image_folder(root: str | Path, transform: Callable[[Any], Any], option: str = "--data_path") -> Any:
+def build_image_folder(
+    root: str | Path, transform: Callable[[Any], Any], option: str = "--data_path", in_chans: int = 3
+) -> Any:
     """A torchvision ``ImageFolder`` (one sub-folder per class) at ``root``, checked before any training:
-    ValueError for a missing folder, no class folders, or an image that cannot be read."""
+    ValueError for a missing folder, no class folders, an image that cannot be read, or other channels than
+    ``in_chans`` (`image_formats.in_own_modes`)."""
     root = Path(root).expanduser()
     if not root.is_dir():
         raise ValueError(f"{option}: {root} is not a folder; it must hold one sub-folder of images per class")
     if not any(d.is_dir() for d in root.iterdir()):
         raise ValueError(f"{root} has no class sub-folders: put each class's images in a folder named after it")
     folder = _torchvision().datasets.folder
-    dataset = folder.ImageFolder(str(root), transform=transform, loader=load_rgb, allow_empty=True)
+    dataset = folder.ImageFolder(
+        str(root), transform=transform, loader=load_rgb, is_valid_file=has_data_extension, allow_empty=True
+    )
     if len(dataset) == 0:
-        raise ValueError(f"{root} holds no images in its class folders (looked for {', '.join(folder.IMG_EXTENSIONS)})")
-    check_images([path for path, _ in dataset.samples])
+        extensions = folder.IMG_EXTENSIONS + ARRAY_EXTENSIONS
+        raise ValueError(f"{root} holds no images in its class folders (looked for {', '.join(extensions)})")
+    in_own_modes(dataset, in_chans)
     return dataset
 
 
@@ -243,6 +266,7 @@ def build_classification_datasets(
     train_transform: Callable[[Any], Any] | None,
     val_transform: Callable[[Any], Any],
     nb_classes: int | None,
+    in_chans: int = 3,
 ) -> tuple[Any, Any, int]:
     """``DATA/train`` and ``DATA/val`` as ``ImageFolder``s (the official layout), checked against each other.
 
@@ -253,11 +277,11 @@ def build_classification_datasets(
     root = Path(data_path).expanduser()
     if not root.is_dir():
         raise ValueError(f"--data_path {root} does not exist: it must hold train/ and val/ class folders")
-    val = build_image_folder(root / "val", val_transform, "--data_path DATA/val")
+    val = build_image_folder(root / "val", val_transform, "--data_path DATA/val", in_chans)
     classes = val.classes
     train = None
     if train_transform is not None:
-        train = build_image_folder(root / "train", train_transform, "--data_path DATA/train")
+        train = build_image_folder(root / "train", train_transform, "--data_path DATA/train", in_chans)
         if train.classes != val.classes:
             only_train = sorted(set(train.classes) - set(val.classes))
             only_val = sorted(set(val.classes) - set(train.classes))
@@ -301,4 +325,5 @@ def build_eval_loader(
         num_workers=workers,
         pin_memory=pin_memory,
         worker_init_fn=leave_signals_to_the_trainer,
+        collate_fn=collate,
     )

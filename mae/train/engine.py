@@ -38,6 +38,7 @@ from .run_checkpoint import local_rng_state, set_local_rng
 from .schedule import CosineSchedule
 
 BatchLoss = Callable[[Tensor, Tensor], Tensor]  # (images, labels) on the device -> the batch's mean loss
+ToModel = Callable[[Tensor], Tensor]  # the loader's batch on the device -> the model's float32 input (`normalize`)
 
 
 class NonFiniteLossError(UserError, RuntimeError):
@@ -61,8 +62,11 @@ def train_one_epoch(
     sinks: LogSinks | None = None,
     start: EpochStart | None = None,
     at_boundary: Callable[[StepBoundary], None] | None = None,
+    normalize: ToModel | None = None,
 ) -> dict[str, float]:
     """Train for one pass over ``loader`` (``steps`` batches); ``batch_loss`` runs ``model`` on a batch.
+    ``normalize`` turns each batch, once on the device, into the model's input (`normalize.DeviceNormalize`:
+    the loader yields stored integers); None: the loader's batches are the model's input already.
     ``sinks`` receives every iteration's figures (`log_sinks`: the lines off a terminal, TensorBoard).
     ``start`` continues an interrupted epoch (`position`); ``at_boundary`` is called after every optimizer
     step with where the epoch stands (`preemption` saves a mid-epoch checkpoint there, or stops the run).
@@ -102,6 +106,8 @@ def train_one_epoch(
         if step % accum_iter == 0:
             schedule.apply(optimizer, step / steps + epoch)
         samples = samples.to(device, non_blocking=True)
+        if normalize is not None:
+            samples = normalize(samples)  # ToTensor + Normalize trên thiết bị: qua PCIe chỉ là uint8
         targets = targets.to(device, non_blocking=True)
         update = (step + 1) % accum_iter == 0
         # Khi cộng dồn gradient với DDP: chỉ đồng bộ gradient ở micro-batch cuối của mỗi bước.

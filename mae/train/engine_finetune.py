@@ -51,11 +51,13 @@ def train_one_epoch(
     sinks: LogSinks | None = None,
     start: EpochStart | None = None,
     at_boundary: Callable[[StepBoundary], None] | None = None,
+    normalize: engine.ToModel | None = None,
 ) -> dict[str, float]:
     """Train the classifier ``model`` (or a DDP wrapper of it) for one pass over ``loader``.
 
     Returns ``{"lr", "loss", "images_per_s"}`` averaged over the epoch (``lr``: the largest group's, as
-    the official log). Raises ``engine.NonFiniteLossError`` naming the step of a NaN or infinite loss.
+    the official log). ``normalize`` (see `engine.train_one_epoch`) runs before ``mixup_fn``, as the official
+    normalisation (in the loader) does. Raises ``engine.NonFiniteLossError`` naming the step of a NaN or infinite loss.
     """
 
     def batch_loss(samples: Tensor, targets: Tensor) -> Tensor:
@@ -68,7 +70,7 @@ def train_one_epoch(
     return engine.train_one_epoch(
         model, loader, optimizer, scaler, schedule, epoch, batch_loss,
         steps=steps, accum_iter=accum_iter, clip_grad=clip_grad, dist=dist, progress=progress, sinks=sinks,
-        start=start, at_boundary=at_boundary,
+        start=start, at_boundary=at_boundary, normalize=normalize,
     )  # fmt: skip
 
 
@@ -82,13 +84,15 @@ def evaluate(
     autocast: Autocast = contextlib.nullcontext,
     progress: bool = False,
     steps: int | None = None,
+    normalize: engine.ToModel | None = None,
 ) -> dict[str, float]:
     """Top-1 / top-5 accuracy (percent) and mean cross-entropy of ``model`` on ``loader``'s images.
 
     ``shared``: each process's ``loader`` holds its own share of the images (``--dist_eval``,
     `data.build_eval_loader`): the counts are summed over the processes. Otherwise every process evaluates
     every image and keeps its own counts (summing them would count each image once per process). Either
-    way the figures are those of one process on all the images. Returns ``{"acc1", "acc5", "loss",
+    way the figures are those of one process on all the images. ``normalize`` turns each batch on the device
+    into the model's input (see `engine.train_one_epoch`). Returns ``{"acc1", "acc5", "loss",
     "images", "images_per_s"}``.
     """
     dist = dist or Dist()
@@ -99,6 +103,8 @@ def evaluate(
     bar = Progress(loader, steps or 0, "evaluate", enabled=progress and dist.is_main and steps is not None)
     for images, target in bar:
         images = images.to(dist.device, non_blocking=True)
+        if normalize is not None:
+            images = normalize(images)  # ToTensor + Normalize trên thiết bị
         target = target.to(dist.device, non_blocking=True)
         with autocast():
             output = model(images)

@@ -47,11 +47,13 @@ def train_one_epoch(
     sinks: LogSinks | None = None,
     start: EpochStart | None = None,
     at_boundary: Callable[[StepBoundary], None] | None = None,
+    normalize: engine.ToModel | None = None,
 ) -> dict[str, float]:
     """Train ``model`` (an MAE, or one wrapped in DDP) for one pass over ``loader`` of ``steps`` batches.
 
     Returns the epoch's averages, ``{"lr": ..., "loss": ..., "images_per_s": ...}`` (the loss over all
-    processes). Raises ``NonFiniteLossError`` naming the step where the loss is NaN or infinite on any process.
+    processes); ``normalize``: see `engine.train_one_epoch`. Raises ``NonFiniteLossError`` naming the step
+    where the loss is NaN or infinite on any process.
     """
 
     def batch_loss(samples: Tensor, _labels: Tensor) -> Tensor:
@@ -62,5 +64,5 @@ def train_one_epoch(
     return engine.train_one_epoch(
         model, loader, optimizer, scaler, schedule, epoch, batch_loss,
         steps=steps, accum_iter=accum_iter, clip_grad=clip_grad, dist=dist, progress=progress, sinks=sinks,
-        start=start, at_boundary=at_boundary,
+        start=start, at_boundary=at_boundary, normalize=normalize,
     )  # fmt: skip

@@ -27,7 +27,9 @@ from .data import build_eval_loader, build_image_folder
 from .distributed import Dist
 from .engine_finetune import evaluate
 from .finetune import classifier_config, classifier_names
-from .flags import flag, key_values, non_negative, positive
+from .flags import add_channel_flags, flag, key_values, non_negative, positive
+from .norm_stats import resolve_flags, stats_from_args
+from .normalize import DeviceNormalize
 from .precision import autocast, resolve_dtype
 
 
@@ -48,6 +50,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="auto: float16 on CUDA (as the official evaluation), float32 on CPU",
     )
     flag(parser, "json", action="store_true", help="print one JSON object instead of a sentence")
+    add_channel_flags(parser.add_argument_group("channels and statistics"), in_chans_default=None, auto=False)
 
 
 def build_model(
@@ -81,6 +84,8 @@ def build_model(
     head = state["head.1.weight" if probe else "head.weight"]
     size = input_size or (run.get("input_size") if isinstance(run.get("input_size"), int) else None)
     size = size or info.img_size or 224
+    channels = int(state["patch_embed.proj.weight"].shape[1]) if "patch_embed.proj.weight" in state else 3
+    overrides.setdefault("in_chans", channels)  # the channels of the weights (a 1-channel classifier reads 1)
     config = classifier_config(name, **overrides, img_size=size)
 
     def build() -> VisionTransformer:
@@ -120,7 +125,11 @@ def build_model(
         "input_size": size,
         "probe": probe,
         "global_pool": net.global_pool,
+        "in_chans": config.in_chans,
     }
+    stats, _ = stats_from_args(run, config.in_chans)  # the run's own --mean/--std; ImageNet's for 3 unrecorded channels
+    if stats is not None:
+        facts["mean"], facts["std"] = stats
     return net, facts
 
 
@@ -136,9 +145,18 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError("--device cuda: CUDA is not available on this machine; use --device cpu")
     dtype = resolve_dtype(args.dtype, device)
     model, facts = build_model(str(path), args.model, args.model_args, args.input_size)
+    if args.in_chans is not None and args.in_chans != facts["in_chans"]:
+        raise ValueError(
+            f"--in_chans {args.in_chans}: {path.name} is a {facts['in_chans']}-channel classifier; leave --in_chans out"
+        )
+    if args.mean is not None or args.std is not None or "mean" not in facts:
+        given = resolve_flags(
+            facts["in_chans"], args.mean, args.std, auto=False, offer_auto=False
+        )  # never None without auto
+        facts["mean"], facts["std"] = given if given is not None else (None, None)
     root = Path(args.data_path).expanduser()
     root = root / "val" if (root / "val").is_dir() else root
-    dataset = build_image_folder(root, eval_transform(facts["input_size"]))
+    dataset = build_image_folder(root, eval_transform(facts["input_size"]), in_chans=facts["in_chans"])
     if len(dataset.classes) != facts["classes"]:
         raise ValueError(
             f"{path.name} classifies {facts['classes']} classes but {root} has {len(dataset.classes)} class folders: "
@@ -155,6 +173,7 @@ def run(args: argparse.Namespace) -> int:
         autocast=autocast(device, dtype),
         progress=not args.json,
         steps=len(loader),
+        normalize=DeviceNormalize(facts["mean"], facts["std"]),  # the file's statistics, on the device
     )
     result = {
         "checkpoint": str(path),

@@ -48,12 +48,13 @@ from .. import models
 from ..checkpoint import CheckpointError
 from ..classifier import VisionTransformer, param_groups_lrd
 from ..config import MAEConfig
-from ..onednn import set_onednn_linear
 from . import distributed, metrics
 from .data import build_classification_datasets, build_eval_loader, build_loader
 from .engine import NonFiniteLossError
 from .engine_finetune import evaluate, train_one_epoch
+from .fast_path import apply_fast_path, classifier_tokens
 from .flags import (
+    add_channel_flags,
     add_device_and_distributed_flags,
     add_loader_flags,
     add_log_flags,
@@ -64,6 +65,8 @@ from .flags import (
     positive,
 )
 from .log_sinks import LogSinks, events_dir
+from .norm_stats import compute_stats, describe
+from .normalize import DeviceNormalize
 from .precision import (
     LossScaleWatch,
     autocast,
@@ -162,6 +165,7 @@ def add_run_arguments(
     flag(g, "eval", action="store_true", help="only evaluate the --resume checkpoint on DATA/val")
     flag(g, "dist_eval", action="store_true", help="evaluate on every process (each a share of the images)")
     add_loader_flags(g)
+    add_channel_flags(parser.add_argument_group("channels and statistics (your own data)"), in_chans_default=None)
     add_device_and_distributed_flags(parser)
 
 
@@ -173,6 +177,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     flag(g, "drop_path", type=float, default=0.1, metavar="PCT", help="stochastic depth rate (0.1 B, 0.2 L, 0.3 H)")
     flag(g, "layer_decay", type=float, default=0.75, help="layer-wise lr decay (0.65 for ViT-B, 0.75 L/H)")
     flag(g, "clip_grad", type=positive(float), default=None, metavar="NORM", help="clip the gradient norm")
+    flag(
+        g,
+        "grad_checkpointing",
+        action="store_true",
+        help="recompute each Transformer block in the backward instead of storing its activations: "
+        "less memory, more time, the same gradients",
+    )
     g = parser.add_argument_group("augmentation (timm)")
     flag(g, "color_jitter", type=float, default=None, metavar="PCT", help="only without --aa")
     flag(g, "aa", default="rand-m9-mstd0.5-inc1", metavar="NAME", help="RandAugment policy")
@@ -212,7 +223,10 @@ def build_classifier(args: argparse.Namespace, classes: int, **kwargs: Any) -> V
     overrides = key_values(args.model_args, "--model_args")
     if "img_size" in overrides:
         raise ValueError("--model_args img_size=...: use --input_size instead")
+    if "in_chans" in overrides:
+        raise ValueError("--model_args in_chans=...: use --in_chans instead")
     overrides["img_size"] = args.input_size
+    overrides["in_chans"] = getattr(args, "in_chans", None) or 3
     return VisionTransformer(
         classifier_config(args.model, **overrides), num_classes=classes, global_pool=args.global_pool, **kwargs
     )
@@ -255,7 +269,9 @@ def _check_finetune_file(path: str) -> None:
 
 
 def _finetune_model(args: argparse.Namespace, classes: int) -> VisionTransformer:
-    return build_classifier(args, classes, drop_path_rate=args.drop_path)
+    model = build_classifier(args, classes, drop_path_rate=args.drop_path)
+    model.set_grad_checkpointing(args.grad_checkpointing)
+    return model
 
 
 def _finetune_prepare(args: argparse.Namespace, model: VisionTransformer) -> list[str]:
@@ -325,10 +341,8 @@ def check_arguments(args: argparse.Namespace, recipe: Recipe) -> None:
     """Everything that can be checked before any work (the data is checked when it is read)."""
     classifier_config(args.model, **{k: v for k, v in key_values(args.model_args, "--model_args").items()})
     recipe.check(args)
-    if args.fast and (args.device != "cpu" or args.dtype not in ("auto", "float32")):
-        raise ValueError("--fast is the float32 CPU path: use it with --device cpu and --dtype float32")
-    if args.fast:
-        warn_if_fast_path_gains_nothing()
+    if args.fast and args.device == "cpu" and args.dtype in ("auto", "float32"):
+        warn_if_fast_path_gains_nothing()  # the linear layers' choice; the others: `fast_path`, said in "device:"
     if args.eval and not args.resume:
         raise ValueError("--eval evaluates the --resume checkpoint: pass --resume FILE (or use `mae evaluate FILE`)")
     if args.finetune and not args.eval:
@@ -337,6 +351,37 @@ def check_arguments(args: argparse.Namespace, recipe: Recipe) -> None:
         refuse_earlier_run(args)
     if args.resume:
         args.resume = str(resolve_resume(args.resume))
+    _channels_and_statistics(args, recipe)
+
+
+def _channels_and_statistics(args: argparse.Namespace, recipe: Recipe) -> None:
+    """``args.in_chans``, ``args.mean``, ``args.std``: the flags', else those the ``--resume`` or ``--finetune`` file
+    recorded (`norm_stats.stats_from_args`), else 3 channels and ImageNet's; ``--norm_stats auto``: computed from
+    DATA/train once it is read. RGB-only augmentation is refused here for data of other channels."""
+    from ..checkpoint import inspect_checkpoint
+    from .image_formats import for_own_modes
+    from .norm_stats import resolve_flags, stats_from_args
+
+    if "in_chans" in key_values(args.model_args, "--model_args"):
+        raise ValueError("--model_args in_chans=...: use --in_chans instead")
+    source = args.resume or args.finetune
+    recorded, file_chans = None, None
+    if source and Path(source).expanduser().is_file():
+        info = inspect_checkpoint(Path(source).expanduser())
+        recorded, file_chans = stats_from_args(info.run_args, info.in_chans)
+    if args.in_chans is None:
+        args.in_chans = file_chans or 3
+    auto = args.norm_stats == "auto"
+    if auto and args.eval:
+        raise ValueError("--norm_stats auto computes the statistics of DATA/train: --eval uses the checkpoint's")
+    given = auto or args.mean is not None or args.std is not None
+    if not given and recorded is not None and file_chans == args.in_chans:
+        args.mean, args.std = recorded  # Dùng đúng thống kê lúc tiền huấn luyện: mô hình đã quen đầu vào chuẩn hoá này.
+    else:
+        stats = resolve_flags(args.in_chans, args.mean, args.std, auto)
+        args.mean, args.std = stats if stats is not None else (None, None)
+    if args.in_chans != 3 and not args.eval:
+        for_own_modes(recipe.transforms(args)[0])  # RandAugment / colour jitter refused before any work
 
 
 def run(args: argparse.Namespace, recipe: Recipe = FINETUNE) -> int:
@@ -364,9 +409,16 @@ def train(args: argparse.Namespace, recipe: Recipe, dist: distributed.Dist, sink
 
     train_transform, val_transform = recipe.transforms(args)
     dataset_train, dataset_val, classes = build_classification_datasets(
-        args.data_path, None if args.eval else train_transform, val_transform, args.nb_classes
+        args.data_path, None if args.eval else train_transform, val_transform, args.nb_classes, args.in_chans
     )
     args.nb_classes = classes
+    if args.norm_stats == "auto" and dataset_train is not None:
+        # Thống kê của chính dữ liệu huấn luyện (mẫu cố định, float64, trước tăng cường), như `mae pretrain`.
+        args.mean, args.std = compute_stats(
+            [p for p, _ in dataset_train.samples], args.in_chans, dataset_train.own_modes
+        )
+    say(dist, f"statistics: {args.in_chans} channel(s), {describe(args.mean, args.std)}")
+    normalize = DeviceNormalize(args.mean, args.std)  # the loaders' stored integers, normalised on the device
     pin = args.pin_mem and device.type == "cuda"
     eval_share = (dist.rank, dist.world_size) if args.dist_eval else (0, 1)
     loader_val = build_eval_loader(
@@ -398,8 +450,6 @@ def train(args: argparse.Namespace, recipe: Recipe, dist: distributed.Dist, sink
     model_without_ddp = recipe.build_model(args, classes)
     notes = recipe.prepare_model(args, model_without_ddp)
     model_without_ddp.to(device)
-    if args.fast:
-        set_onednn_linear(model_without_ddp, True)
     model: nn.Module = model_without_ddp
     n_parameters = sum(p.numel() for p in model_without_ddp.parameters() if p.requires_grad)
 
@@ -409,6 +459,8 @@ def train(args: argparse.Namespace, recipe: Recipe, dist: distributed.Dist, sink
     if dist.enabled:
         model = DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
     optimizer = recipe.optimizer(args, model_without_ddp)
+    tokens = classifier_tokens(model_without_ddp.patch_embed.num_patches)
+    fast = apply_fast_path(model_without_ddp, optimizer, args.fast, device, dtype, args.batch_size, tokens)
     scaler = grad_scaler(device, dtype)
     criterion = recipe.criterion(args)
     schedule = CosineSchedule(args.lr, args.min_lr, args.warmup_epochs, args.epochs)
@@ -429,7 +481,9 @@ def train(args: argparse.Namespace, recipe: Recipe, dist: distributed.Dist, sink
     for note in notes:
         say(dist, f"{'resume' if note.startswith(('continuing', 'random', 'dropped')) else 'weights'}: {note}")
     if args.eval:
-        stats = evaluate(forward, loader_val, shared=args.dist_eval, dist=dist, autocast=run_autocast)
+        stats = evaluate(
+            forward, loader_val, shared=args.dist_eval, dist=dist, autocast=run_autocast, normalize=normalize
+        )
         say(
             dist,
             f"{Path(args.resume).name} on {stats['images']:.0f} images of {args.data_path}/val: "
@@ -453,8 +507,10 @@ def train(args: argparse.Namespace, recipe: Recipe, dist: distributed.Dist, sink
     )
     say(
         dist,
-        f"device: {device}, {str(dtype).removeprefix('torch.')}{' (oneDNN linear layers)' if args.fast else ''}"
-        f"{', compiled' if args.compile else ''}; output: {output or 'none (no saving)'}",
+        f"device: {device}, {str(dtype).removeprefix('torch.')}"
+        f"{', compiled' if args.compile else ''}"
+        f"{', gradient checkpointing' if model_without_ddp.grad_checkpointing else ''}{fast.describe()}; "
+        f"output: {output or 'none (no saving)'}",
     )
     if args.start_epoch >= args.epochs:
         say(dist, f"nothing to train: epoch {args.start_epoch} is past --epochs {args.epochs}; raise --epochs to go on")
@@ -490,6 +546,7 @@ def train(args: argparse.Namespace, recipe: Recipe, dist: distributed.Dist, sink
                     sinks=sinks,
                     start=start if epoch == args.start_epoch else None,
                     at_boundary=at_boundary,
+                    normalize=normalize,
                 )
         except NonFiniteLossError as e:
             raise NonFiniteLossError(
@@ -499,7 +556,9 @@ def train(args: argparse.Namespace, recipe: Recipe, dist: distributed.Dist, sink
         # Đánh giá trước khi lưu (bản gốc lưu trước): việc lặp DataLoader đánh giá rút một số ngẫu nhiên, nên
         # trạng thái bộ sinh lưu sau đánh giá cho phép chạy tiếp (--resume) giống hệt chạy liền một mạch,
         # và dãy số ngẫu nhiên vẫn là của bản gốc. Trọng số lưu không đổi: đánh giá không sửa trọng số.
-        test_stats = evaluate(forward, loader_val, shared=args.dist_eval, dist=dist, autocast=run_autocast)
+        test_stats = evaluate(
+            forward, loader_val, shared=args.dist_eval, dist=dist, autocast=run_autocast, normalize=normalize
+        )
         if sinks is not None:
             sinks.evaluation(epoch, test_stats)  # perf/test_acc1, perf/test_acc5, perf/test_loss
         saved = ""

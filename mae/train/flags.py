@@ -129,7 +129,13 @@ def add_device_and_distributed_flags(parser: argparse.ArgumentParser) -> None:
         default="auto",
         help="auto: float16 on CUDA (as official), float32 on CPU",
     )
-    flag(g, "fast", action="store_true", help="float32 on CPU: linear layers by oneDNN (mae.set_onednn_linear)")
+    flag(
+        g,
+        "fast",
+        action="store_true",
+        help="faster kernels chosen for this device and --dtype (not bit-equal to the official): linear layers by "
+        "oneDNN (float32 CPU), attention kernel and patch embedding, fused AdamW; the choices are printed",
+    )
     flag(g, "compile", action="store_true", help="torch.compile the model")
     g = parser.add_argument_group("distributed (launch with torchrun, or srun: one task per process)")
     flag(g, "world_size", type=int, default=1, help="set by torchrun")
@@ -147,3 +153,29 @@ def add_device_and_distributed_flags(parser: argparse.ArgumentParser) -> None:
         "process only then, gloo at once)",
     )
     flag(g, "overwrite", action="store_true", help="start afresh even if OUTPUT holds checkpoints")
+
+
+def add_channel_flags(group: Any, *, in_chans_default: int | None = 3, auto: bool = True) -> None:
+    """The data's channels and statistics (`image_formats`, `norm_stats`): ``--in_chans`` and ``--mean``/``--std``
+    (one value per channel), with ``--norm_stats auto`` to compute them from the training images."""
+    flag(
+        group,
+        "in_chans",
+        type=positive(int),
+        default=in_chans_default,
+        metavar="C",
+        help="image channels: 1 reads grayscale and 16-bit images, any count reads .npy arrays (C, H, W) or "
+        "(H, W, C); 3 reads images as RGB"
+        + (" (default 3)" if in_chans_default == 3 else " (default: the checkpoint's, else 3)"),
+    )
+    where = "default: ImageNet's for 3 channels" if auto else "default: the checkpoint's"
+    flag(group, "mean", type=float, nargs="+", default=None, metavar="M", help=f"per-channel mean ({where})")
+    flag(group, "std", type=float, nargs="+", default=None, metavar="S", help="per-channel std, with --mean")
+    if auto:
+        flag(
+            group,
+            "norm_stats",
+            choices=["auto"],
+            default=None,
+            help="auto: compute --mean/--std over a seeded 1,000 of the training images before training",
+        )

@@ -19,6 +19,8 @@ draws the same random numbers. Where this trainer departs from the official scri
   (``--overwrite`` deletes them and the log first; ``--auto_resume`` continues the folder's run, `auto_resume`);
 - ``--save_every_minutes`` and SIGTERM/SIGUSR1 write a mid-epoch checkpoint at an optimizer-step boundary
   (`preemption`; exit status 75 after a signal), from which the epoch continues exactly;
+- ``--in_chans``, ``--mean``/``--std`` and ``--norm_stats auto`` (ours): data of any channel count, read in its
+  own mode (`image_formats`), normalised with its own statistics (`norm_stats`), recorded in the checkpoints;
 - ``--log_dir`` left at its default writes the TensorBoard events into ``--output_dir`` (none with
   ``--output_dir ''``), and off a terminal a line is printed every ``--print_freq`` iterations (`log_sinks`).
 """
@@ -35,11 +37,12 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DistributedSampler
 
 from .. import models
-from ..onednn import set_onednn_linear
 from . import distributed, metrics
 from .data import build_loader, build_pretrain_dataset
 from .engine_pretrain import NonFiniteLossError, train_one_epoch
+from .fast_path import apply_fast_path, mae_tokens
 from .flags import (
+    add_channel_flags,
     add_device_and_distributed_flags,
     add_loader_flags,
     add_log_flags,
@@ -50,6 +53,8 @@ from .flags import (
     positive,
 )
 from .log_sinks import LogSinks, events_dir
+from .norm_stats import compute_stats, describe, resolve_flags, stats_source
+from .normalize import DeviceNormalize
 from .optim import build_adamw
 from .precision import (
     LossScaleWatch,
@@ -101,6 +106,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="NAME=VALUE",
         help="MAEConfig fields, e.g. depth=6 embed_dim=384 (a smaller model)",
     )
+    flag(
+        g,
+        "grad_checkpointing",
+        action="store_true",
+        help="recompute each Transformer block in the backward instead of storing its activations: "
+        "less memory, more time, the same gradients",
+    )
     g = parser.add_argument_group("optimizer")
     flag(g, "weight_decay", type=non_negative(float), default=0.05)
     flag(
@@ -136,10 +148,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="N",
         help="save every N epochs, and the last (official: 20)",
     )
+    flag(
+        g, "knn_every", type=non_negative(int), default=0, metavar="N",
+        help="every N epochs, the 20-NN accuracy of the encoder on DATA/val against DATA/train (0: off)",
+    )  # fmt: skip
     flag(g, "resume", default="", help="a checkpoint-N.pth (or its folder, for the latest) to continue")
     flag(g, "start_epoch", type=non_negative(int), default=0, metavar="N")
     add_requeue_flags(g)
     add_loader_flags(g)
+    add_channel_flags(parser.add_argument_group("channels and statistics (your own data)"))
     add_device_and_distributed_flags(parser)
 
 
@@ -150,18 +167,18 @@ def check_arguments(args: argparse.Namespace) -> dict[str, Any]:
     if not 0.0 <= args.mask_ratio < 1.0:
         raise ValueError(f"--mask_ratio must be in [0, 1) (the paper uses 0.75); got {args.mask_ratio}")
     kwargs: dict[str, Any] = {**key_values(args.model_args, "--model_args")}
-    for name in ("img_size", "norm_pix_loss"):
+    for name in ("img_size", "norm_pix_loss", "in_chans"):
         if name in kwargs:
             raise ValueError(f"--model_args {name}=...: use --{'input_size' if name == 'img_size' else name} instead")
-    kwargs.update(img_size=args.input_size, norm_pix_loss=args.norm_pix_loss)
+    kwargs.update(img_size=args.input_size, norm_pix_loss=args.norm_pix_loss, in_chans=args.in_chans)
+    stats = resolve_flags(args.in_chans, args.mean, args.std, args.norm_stats == "auto")  # None: auto, from the data
+    args.mean, args.std = stats if stats is not None else (None, None)
     with torch.device("meta"):
         models.create_model(
             args.model, **kwargs
         )  # the configuration's own checks (e.g. a size the patch does not divide)
-    if args.fast and (args.device != "cpu" or args.dtype not in ("auto", "float32")):
-        raise ValueError("--fast is the float32 CPU path: use it with --device cpu and --dtype float32")
-    if args.fast:
-        warn_if_fast_path_gains_nothing()
+    if args.fast and args.device == "cpu" and args.dtype in ("auto", "float32"):
+        warn_if_fast_path_gains_nothing()  # the linear layers' choice; the others: `fast_path`, said in "device:"
     refuse_earlier_run(args)
     if args.resume:
         args.resume = str(resolve_resume(args.resume))
@@ -192,7 +209,10 @@ def train(
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
 
-    dataset = build_pretrain_dataset(args.data_path, args.input_size)
+    dataset = build_pretrain_dataset(args.data_path, args.input_size, args.in_chans)
+    if args.norm_stats == "auto":
+        # Thống kê chuẩn hoá của chính dữ liệu, tính một lần trước khi học (mẫu cố định, float64, trước tăng cường).
+        args.mean, args.std = compute_stats([p for p, _ in dataset.samples], args.in_chans, dataset.own_modes)
     loader = build_loader(
         dataset,
         batch_size=args.batch_size,
@@ -201,6 +221,14 @@ def train(
         rank=dist.rank,
         world_size=dist.world_size,
         seed=args.seed,
+    )
+    normalize = DeviceNormalize(args.mean, args.std)  # the loader's stored integers, normalised on the device
+    from ..look.online_knn import OnlineKnn  # --knn_every: DATA/train and DATA/val checked here, before any work
+
+    knn = (
+        OnlineKnn(args.data_path, args.input_size, args.in_chans, args.batch_size, args.num_workers)
+        if args.knn_every
+        else None
     )
     steps = len(loader)
     if steps < args.accum_iter:
@@ -212,8 +240,7 @@ def train(
     output = prepare_output(args, dist)  # only once the data is known to be usable
 
     model_without_ddp = models.create_model(args.model, **model_kwargs).to(device)
-    if args.fast:
-        set_onednn_linear(model_without_ddp, True)
+    model_without_ddp.set_grad_checkpointing(args.grad_checkpointing)  # encoder and decoder blocks
     model: torch.nn.Module = model_without_ddp
 
     effective_batch = args.batch_size * args.accum_iter * dist.world_size
@@ -222,6 +249,8 @@ def train(
     if dist.enabled:
         model = DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
     optimizer = build_adamw(model_without_ddp, args.lr, args.weight_decay)
+    tokens = mae_tokens(model_without_ddp.patch_embed.num_patches, args.mask_ratio)
+    fast = apply_fast_path(model_without_ddp, optimizer, args.fast, device, dtype, args.batch_size, tokens)
     scaler = grad_scaler(device, dtype)
     schedule = CosineSchedule(args.lr, args.min_lr, args.warmup_epochs, args.epochs)
 
@@ -245,14 +274,21 @@ def train(
     )
     say(
         dist,
+        f"statistics: {c.in_chans} channel(s), {describe(args.mean, args.std)} "
+        f"({stats_source(args.norm_stats == 'auto', args.mean, args.std, len(dataset))})",
+    )
+    say(
+        dist,
         f"batch: {args.batch_size} x accum {args.accum_iter} x {dist.world_size} process(es) = {effective_batch}; "
         f"lr {args.lr:.2e} (blr {args.lr * 256 / effective_batch:.2e}), "
         f"warmup {args.warmup_epochs} of {args.epochs} epochs",
     )
     say(
         dist,
-        f"device: {device}, {str(dtype).removeprefix('torch.')}{' (oneDNN linear layers)' if args.fast else ''}"
-        f"{', compiled' if args.compile else ''}; output: {output or 'none (no saving)'}",
+        f"device: {device}, {str(dtype).removeprefix('torch.')}"
+        f"{', compiled' if args.compile else ''}{', gradient checkpointing' if args.grad_checkpointing else ''}"
+        f"{fast.describe()}; "
+        f"output: {output or 'none (no saving)'}",
     )
     if steps % args.accum_iter:
         say(
@@ -282,19 +318,26 @@ def train(
                     forward, loader, optimizer, scaler, schedule, epoch,
                     steps=steps, accum_iter=args.accum_iter, mask_ratio=args.mask_ratio,
                     autocast=autocast(device, dtype), clip_grad=args.clip_grad, dist=dist, progress=True, sinks=sinks,
-                    start=start if epoch == args.start_epoch else None, at_boundary=at_boundary,
+                    start=start if epoch == args.start_epoch else None, at_boundary=at_boundary, normalize=normalize,
                 )  # fmt: skip
         except NonFiniteLossError as e:
             raise NonFiniteLossError(
                 f"{e}; {last_checkpoint_hint(args.output_dir)}. Lower --blr, add --clip_grad 3.0, or use "
                 "--dtype bfloat16 / float32 instead of float16"
             ) from None
+        checked: dict[str, float] = {}
+        if knn is not None and (epoch + 1) % args.knn_every == 0:
+            checked = knn(model_without_ddp, args.mean, args.std, device, autocast(device, dtype))
+            say(
+                dist,
+                f"epoch {epoch + 1}: 20-NN on val: top-1 {checked['knn_top1']:.2f}%, top-5 {checked['knn_top5']:.2f}%",
+            )
         saved = ""
         if output is not None and (epoch % args.save_every == 0 or epoch + 1 == args.epochs):
             path = save_checkpoint(output, epoch, model_without_ddp, optimizer, scaler, args, dist)
             saved = f", saved {path.name}"
         if output is not None and dist.is_main:
-            metrics.append_log(output, {f"train_{k}": v for k, v in stats.items()} | {"epoch": epoch})
+            metrics.append_log(output, {f"train_{k}": v for k, v in stats.items()} | {"epoch": epoch} | checked)
         scale_watch.epoch_ended(epoch, stats)
         say(
             dist,

@@ -225,7 +225,8 @@ def resolve_resume(resume: str) -> Path:
 
 def model_spec(run_args: dict[str, Any] | None) -> tuple[str, dict[str, Any]] | None:
     """The model a `mae pretrain` run trained, from its recorded arguments (`CheckpointInfo.run_args`):
-    (name, `create_model` keyword arguments from ``--model_args``, ``--input_size``, ``--norm_pix_loss``).
+    (name, `create_model` keyword arguments from ``--model_args``, ``--input_size``, ``--norm_pix_loss``,
+    ``--in_chans``).
     None without them (an official release, a bare state dict)."""
     from .flags import key_values
 
@@ -235,4 +236,6 @@ def model_spec(run_args: dict[str, Any] | None) -> tuple[str, dict[str, Any]] | 
     if isinstance(run_args.get("input_size"), int):
         kwargs["img_size"] = run_args["input_size"]
     kwargs["norm_pix_loss"] = bool(run_args.get("norm_pix_loss", False))
+    if isinstance(run_args.get("in_chans"), int):
+        kwargs["in_chans"] = run_args["in_chans"]  # `--in_chans`: grayscale or multi-band data
     return run_args["model"], kwargs
