@@ -16,22 +16,17 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import torch
 from torch import nn
+from train_helpers import one_thread
 
 from benchmarks import memory
 from mae.transformer import Block
 
 
-@pytest.fixture
-def one_thread() -> Iterator[None]:
-    """One thread (a tiny model: as fast, and no waiting on each other on a busy machine)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+@pytest.fixture(name="one_thread")
+def _one_thread() -> Iterator[None]:
+    with one_thread():
         yield
-    finally:
-        torch.set_num_threads(threads)
 
 
 @pytest.mark.usefixtures("one_thread")

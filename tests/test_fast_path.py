@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 import torch
 import torch.nn.functional as F
-from train_helpers import TINY_CONFIG, make_image_folder, pretrain
+from train_helpers import TINY_CONFIG, make_image_folder, one_thread, pretrain
 
 import mae
 from mae import attention_kernel
@@ -37,13 +37,10 @@ def tiny_mae() -> mae.MaskedAutoencoderViT:
 
 
 @pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    """One thread: as fast for these tiny tensors, and on a busy 2-core machine two threads waiting on each
-    other made a tiny fused AdamW step 100 times slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+def _one_thread() -> Iterator[None]:
+    """On a busy 2-core machine two threads waiting on each other made a tiny fused AdamW step 100 times slower."""
+    with one_thread():
+        yield
 
 
 @pytest.fixture

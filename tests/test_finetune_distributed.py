@@ -38,12 +38,11 @@ in `tests/test_train_distributed.py`.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -58,7 +57,7 @@ from torch import Tensor, nn
 from torch.multiprocessing.spawn import spawn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import TensorDataset
-from train_helpers import TINY_CLASSIFIER_ARGS, make_image_folder, run_quietly
+from train_helpers import TINY_CLASSIFIER_ARGS, make_image_folder, one_thread, run_quietly
 
 from helpers import free_port, small_config
 from mae.classifier import VisionTransformer, param_groups_lrd
@@ -296,17 +295,6 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, Tensor], l
     torch.save(data, folder / "data.pt")
     spawn(worker, args=(free_port(), str(folder)), nprocs=WORLD, join=True)  # type: ignore[no-untyped-call]
     return data, [torch.load(folder / f"rank{r}.pt", weights_only=True) for r in range(WORLD)]
-
-
-@contextlib.contextmanager
-def one_thread() -> Iterator[None]:
-    """One thread for the single-process reference (tiny model: as fast, and no waiting on a busy machine)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
 
 
 def assert_close(actual: Tensor, expected: Tensor, atol: float, what: str) -> None:

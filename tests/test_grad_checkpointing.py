@@ -31,7 +31,7 @@ import torch.distributed as dist
 from torch import Tensor, nn
 from torch.multiprocessing.spawn import spawn
 from torch.nn.parallel import DistributedDataParallel
-from train_helpers import TINY_CLASSIFIER_ARGS, load_checkpoint, make_image_folder, pretrain
+from train_helpers import TINY_CLASSIFIER_ARGS, load_checkpoint, make_image_folder, one_thread, pretrain
 
 import mae
 from helpers import free_port, small_config
@@ -164,14 +164,9 @@ def data() -> dict[str, Tensor]:
 
 
 @pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    """One thread (tiny models: as fast, and no waiting on each other on a busy machine, as `run_cli`)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+def _one_thread() -> Iterator[None]:
+    with one_thread():
         yield
-    finally:
-        torch.set_num_threads(threads)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["float32", "bf16"])
