@@ -63,7 +63,7 @@ def image_dataset(root: str | Path, input_size: int, in_chans: int = 3) -> Any:
     ValueError before any work for a missing or empty folder, or an image that cannot be read or has other
     channels than ``in_chans``."""
     from ..train.augment import eval_transform
-    from ..train.data import ImageFiles, build_image_folder, check_images
+    from ..train.data import ImageFiles, build_image_folder
     from ..train.image_formats import has_data_extension, in_own_modes
 
     root = Path(root).expanduser()
@@ -75,7 +75,6 @@ def image_dataset(root: str | Path, input_size: int, in_chans: int = 3) -> Any:
     files = sorted(f for f in root.iterdir() if f.is_file() and has_data_extension(str(f)))
     if not files:
         raise ValueError(f"{root} holds no images (neither in it nor in class folders)")
-    check_images([str(f) for f in files if not str(f).lower().endswith(".npy")])
     dataset: Any = ImageFiles(files, transform)
     dataset.samples = [(path, -1) for path, _ in dataset.samples]  # một thư mục phẳng: không có nhãn
     dataset.classes = []

@@ -19,7 +19,6 @@ of ours instead of torch's over-subscription warning.
 from __future__ import annotations
 
 import os
-import random
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -33,7 +32,6 @@ from .image_formats import ARRAY_EXTENSIONS, has_data_extension, in_own_modes
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-CHECK_ALL_UP_TO = 50_000  # larger folders: a random 1,000 are opened up front; the rest name themselves on failure
 
 
 def _torchvision() -> Any:
@@ -135,19 +133,6 @@ def build_pretrain_dataset(data_path: str | Path, input_size: int, in_chans: int
         )
     in_own_modes(dataset, in_chans)
     return dataset
-
-
-def check_images(paths: list[str]) -> None:
-    """Open the header of every image (a random 1,000 of a larger set); ValueError naming the first bad one."""
-    from PIL import Image, UnidentifiedImageError
-
-    chosen = paths if len(paths) <= CHECK_ALL_UP_TO else random.Random(0).sample(paths, 1000)
-    for path in chosen:
-        try:
-            with Image.open(path) as img:
-                img.size  # noqa: B018  (reading the header is the check)
-        except (OSError, UnidentifiedImageError) as e:
-            raise ValueError(f"cannot read image {path}: {e}. Remove or replace the file.") from None
 
 
 def available_cpus() -> int | None:

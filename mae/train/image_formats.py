@@ -43,7 +43,7 @@ ARRAY_EXTENSIONS = (".npy",)
 SINGLE_BAND = ("1", "L", "I;16", "I;16B", "I;16L", "I", "F")  # one channel, in these bit depths
 WIDE = ("I;16", "I;16B", "I;16L", "I", "F")  # more than 8 bits: an RGB conversion would clip them
 MULTI_BAND = ("LA", "RGB", "RGBA", "CMYK")  # 8 bits per band
-CHECK_ALL_UP_TO = 50_000  # as `data.check_images`: larger sets have a seeded 1,000 checked up front
+CHECK_ALL_UP_TO = 50_000  # larger sets have a seeded 1,000 checked up front; the rest name themselves on failure
 CHECKED_SAMPLE = 1000
 
 
@@ -212,11 +212,10 @@ class ToStoredTensor:
 
 def as_unit_float(stored: Tensor) -> Tensor:
     """The stored numbers as ``ToTensor`` scales them, in float64: uint8 ÷ 255, uint16 ÷ 65535, floats as they are."""
-    if stored.dtype == torch.uint8:
-        return stored.to(torch.float64) / 255.0
-    if stored.dtype == torch.uint16:
-        return stored.to(torch.float64) / 65535.0
-    return stored.to(torch.float64)
+    from .normalize import SCALE
+
+    scale = SCALE.get(stored.dtype)
+    return stored.to(torch.float64) if scale is None else stored.to(torch.float64) / scale
 
 
 def has_data_extension(path: str) -> bool:
