@@ -29,10 +29,9 @@ def _verify(args: argparse.Namespace) -> int:
 
 
 def _device(name: str) -> torch.device:
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda: CUDA is not available on this machine (torch sees no GPU)")
-    return device
+    from .train.distributed import available_device
+
+    return available_device(name)
 
 
 def _dtype(name: str) -> torch.dtype:

@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 
+from ..train.distributed import available_device
 from ..train.flags import flag, non_negative, positive
 from .encoder_file import load_encoder
 
@@ -68,13 +69,6 @@ def add_knn_arguments(parser: argparse.ArgumentParser) -> None:
     flag(parser, "json", action="store_true", help="print one JSON object instead of sentences")
 
 
-def _device(name: str) -> torch.device:
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda: CUDA is not available on this machine; use --device cpu")
-    return device
-
-
 def run_attention(args: argparse.Namespace) -> int:
     """``mae attention``."""
     from .attention_figure import describe, run
@@ -98,7 +92,7 @@ def run_features(args: argparse.Namespace) -> int:
         raise ValueError(f"-o {args.output}: name the output FILE.safetensors (it is written as safetensors)")
     if not args.output.parent.expanduser().is_dir():
         raise ValueError(f"-o {args.output}: the folder {args.output.parent} does not exist")
-    device = _device(args.device)
+    device = available_device(args.device)
     dtype = resolve_dtype(args.dtype, device)
     if not Path(args.data).expanduser().is_dir():
         raise ValueError(f"{args.data} is not a folder: give a folder of images, or of class folders of images")
@@ -132,7 +126,7 @@ def run_knn(args: argparse.Namespace) -> int:
     from .features import Features, extract
     from .knn import knn_classify
 
-    device = _device(args.device)
+    device = available_device(args.device)
     dtype = resolve_dtype(args.dtype, device)
     root = Path(args.data_path).expanduser()
     if not (root / "train").is_dir() or not (root / "val").is_dir():

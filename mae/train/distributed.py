@@ -195,6 +195,14 @@ def slurm_env(env: Mapping[str, str], need_address: bool = True) -> dict[str, st
     return found
 
 
+def available_device(name: str) -> torch.device:
+    """``--device name`` as a device; ValueError, before any work, for CUDA on a machine where torch sees no GPU."""
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda: CUDA is not available on this machine (torch sees no GPU); use --device cpu")
+    return device
+
+
 def setup(
     device: str, dist_url: str = "env://", dist_on_itp: bool = False, timeout_s: float = DEFAULT_TIMEOUT_S
 ) -> Dist:
@@ -212,9 +220,7 @@ def setup(
             WORLD_SIZE=os.environ["OMPI_COMM_WORLD_SIZE"],
             LOCAL_RANK=os.environ["OMPI_COMM_WORLD_LOCAL_RANK"],
         )
-    target = torch.device(device)
-    if target.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda: CUDA is not available on this machine (torch sees no GPU); use --device cpu")
+    target = available_device(device)
     under_srun = False
     if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
         found = slurm_env(os.environ, need_address=dist_url == "env://")

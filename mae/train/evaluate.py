@@ -24,7 +24,7 @@ import torch
 from ..checkpoint import CheckpointError, read_checkpoint
 from ..classifier import VisionTransformer
 from .data import build_eval_loader, build_image_folder
-from .distributed import Dist
+from .distributed import Dist, available_device
 from .engine_finetune import evaluate
 from .finetune import classifier_config, classifier_names
 from .flags import add_channel_flags, flag, key_values, non_negative, positive
@@ -140,9 +140,7 @@ def run(args: argparse.Namespace) -> int:
     path = Path(args.checkpoint).expanduser()
     if not path.is_file():
         raise ValueError(f"{path} does not exist: give a fine-tuned or linear-probe checkpoint file")
-    device = torch.device(args.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda: CUDA is not available on this machine; use --device cpu")
+    device = available_device(args.device)
     dtype = resolve_dtype(args.dtype, device)
     model, facts = build_model(str(path), args.model, args.model_args, args.input_size)
     if args.in_chans is not None and args.in_chans != facts["in_chans"]:
