@@ -8,6 +8,7 @@ out. `tests/test_flops.py` holds the formula equal to torch's FlopCounterMode on
 from __future__ import annotations
 
 from mae.config import MAEConfig
+from mae.masking import kept_count
 
 
 def _blocks(tokens: int, dim: int, depth: int, mlp_ratio: float) -> int:
@@ -21,7 +22,7 @@ def forward_flops(config: MAEConfig, mask_ratio: float = 0.75, batch: int = 1) -
     """Matrix-product FLOPs of `MaskedAutoencoderViT.forward` for `batch` images."""
     c = config
     length = c.num_patches
-    kept = int(length * (1 - mask_ratio))
+    kept = kept_count(length, mask_ratio)
     encoder_tokens, decoder_tokens = kept + 1, length + 1  # the class token goes through both
     total = 2 * length * c.patch_dim * c.embed_dim  # patch projection, on every patch
     total += _blocks(encoder_tokens, c.embed_dim, c.depth, c.mlp_ratio)

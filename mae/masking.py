@@ -50,6 +50,11 @@ def _outside_graph() -> Callable[[int, int, torch.device], Tensor]:
     return _eager_rand
 
 
+def kept_count(length: int, mask_ratio: float) -> int:
+    """How many of ``length`` patches the encoder keeps: ``int(length * (1 - mask_ratio))`` (the official rounding)."""
+    return int(length * (1 - mask_ratio))
+
+
 def random_masking(x: Tensor, mask_ratio: float, noise: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
     """Keep a random subset of tokens per sample.
 
@@ -70,7 +75,7 @@ def random_masking(x: Tensor, mask_ratio: float, noise: Tensor | None = None) ->
         raise ValueError(f"noise must be a tensor of shape [N, L] = [{n}, {length}] (one value per patch); got {shape}")
     elif noise.device != x.device:
         raise ValueError(f"noise is on {noise.device} but the tokens are on {x.device}; move it with noise.to()")
-    len_keep = int(length * (1 - mask_ratio))
+    len_keep = kept_count(length, mask_ratio)
 
     # Sắp xếp nhiễu tăng dần cho từng mẫu: nhiễu nhỏ thì giữ, nhiễu lớn thì bỏ.
     ids_shuffle = torch.argsort(noise, dim=1)  # [N, L]

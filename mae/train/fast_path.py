@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from ..attention_kernel import AttentionTiming, choose_attention
+from ..masking import kept_count
 from ..onednn import set_onednn_linear
 from ..patch_embed import set_patch_embed_linear
 from .optim import set_fused_adamw
@@ -69,7 +70,7 @@ def attention_summary(timings: tuple[AttentionTiming, ...]) -> str:
 def mae_tokens(num_patches: int, mask_ratio: float) -> dict[str, int]:
     """The sequence lengths of an MAE's attentions: the encoder sees the class token and the kept patches,
     the decoder the class token and every patch."""
-    return {"blocks": 1 + int(num_patches * (1 - mask_ratio)), "decoder_blocks": 1 + num_patches}
+    return {"blocks": 1 + kept_count(num_patches, mask_ratio), "decoder_blocks": 1 + num_patches}
 
 
 def classifier_tokens(num_patches: int) -> dict[str, int]:
