@@ -414,9 +414,7 @@ def train(args: argparse.Namespace, recipe: Recipe, dist: distributed.Dist, sink
     args.nb_classes = classes
     if args.norm_stats == "auto" and dataset_train is not None:
         # Thống kê của chính dữ liệu huấn luyện (mẫu cố định, float64, trước tăng cường), như `mae pretrain`.
-        args.mean, args.std = compute_stats(
-            [p for p, _ in dataset_train.samples], args.in_chans, dataset_train.own_modes
-        )
+        args.mean, args.std = compute_stats([p for p, _ in dataset_train.samples], args.in_chans, dataset_train.loader)
     say(dist, f"statistics: {args.in_chans} channel(s), {describe(args.mean, args.std)}")
     normalize = DeviceNormalize(args.mean, args.std)  # the loaders' stored integers, normalised on the device
     pin = args.pin_mem and device.type == "cuda"

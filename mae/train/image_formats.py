@@ -267,11 +267,10 @@ def for_own_modes(transform: Any) -> Any:
 def in_own_modes(dataset: Any, in_chans: int) -> None:
     """Check a dataset's files against ``in_chans`` (`check_channels`, before any work) and, where the data is
     not read as RGB (`uses_own_modes`), give it `Reader` and `for_own_modes` of its transform, in place.
-    ``dataset.own_modes`` says which (`norm_stats.compute_stats` reads the files the same way)."""
+    ``dataset.loader`` is then what reads a file (`norm_stats.compute_stats` reads the files through it too)."""
     paths = [path for path, _ in dataset.samples]
     check_channels(paths, in_chans)
-    dataset.own_modes = uses_own_modes(in_chans, paths)
-    if dataset.own_modes:
+    if uses_own_modes(in_chans, paths):
         dataset.loader = Reader(in_chans)
         if dataset.transform is not None:
             dataset.transform = for_own_modes(dataset.transform)

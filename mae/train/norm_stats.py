@@ -18,7 +18,7 @@ from __future__ import annotations
 import argparse
 import math
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -77,17 +77,17 @@ def sample_paths(paths: Sequence[str], size: int = AUTO_SAMPLE) -> list[str]:
     return list(paths) if len(paths) <= size else random.Random(0).sample(list(paths), size)
 
 
-def compute_stats(paths: Sequence[str], in_chans: int, own_modes: bool, size: int = AUTO_SAMPLE) -> Stats:
+def compute_stats(paths: Sequence[str], in_chans: int, read: Callable[[str], Any], size: int = AUTO_SAMPLE) -> Stats:
     """Per-channel mean and population std over `sample_paths` (float64), on the images as ``ToTensor``
-    scales them, before augmentation. ``own_modes``: read as `image_formats.read_image` (else as RGB)."""
-    from .data import load_rgb
-    from .image_formats import as_unit_float, read_image, to_stored_tensor
+    scales them, before augmentation. ``read``: the training set's own loader (``dataset.loader``: RGB, or
+    `image_formats.Reader` for data in its own mode), so the statistics see the pixels training sees."""
+    from .image_formats import as_unit_float, to_stored_tensor
 
     total = torch.zeros(in_chans, dtype=torch.float64)
     squares = torch.zeros(in_chans, dtype=torch.float64)
     count = 0
     for path in sample_paths(paths, size):
-        image = read_image(path, in_chans) if own_modes else load_rgb(path)
+        image = read(path)
         x = as_unit_float(to_stored_tensor(image)).reshape(in_chans, -1)  # [C, H*W], float64
         total += x.sum(dim=1)
         squares += (x * x).sum(dim=1)

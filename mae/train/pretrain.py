@@ -212,7 +212,7 @@ def train(
     dataset = build_pretrain_dataset(args.data_path, args.input_size, args.in_chans)
     if args.norm_stats == "auto":
         # Thống kê chuẩn hoá của chính dữ liệu, tính một lần trước khi học (mẫu cố định, float64, trước tăng cường).
-        args.mean, args.std = compute_stats([p for p, _ in dataset.samples], args.in_chans, dataset.own_modes)
+        args.mean, args.std = compute_stats([p for p, _ in dataset.samples], args.in_chans, dataset.loader)
     loader = build_loader(
         dataset,
         batch_size=args.batch_size,
