@@ -13,7 +13,8 @@ from torch import nn
 import mae
 from mae.look.attention_figure import attention_for_image
 from mae.look.attention_map import cls_attention, upsample
-from mae.look.encoder_file import IMAGENET_MEAN, IMAGENET_STD, LoadedEncoder
+from mae.look.encoder_file import LoadedEncoder
+from mae.train.data import IMAGENET_MEAN, IMAGENET_STD
 from tests.helpers import small_config
 
 

@@ -17,9 +17,6 @@ from typing import Any
 from ..checkpoint import CheckpointError, inspect_checkpoint
 from ..encoder import MAEEncoder
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-
 
 @dataclass
 class LoadedEncoder:
