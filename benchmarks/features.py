@@ -32,9 +32,10 @@ from typing import Any
 import torch
 
 import mae
-from mae.look.encoder_file import IMAGENET_MEAN, IMAGENET_STD, LoadedEncoder
+from mae.look.encoder_file import LoadedEncoder
 from mae.look.features import extract, image_dataset
 from mae.look.knn import knn_classify
+from mae.train.data import IMAGENET_MEAN, IMAGENET_STD
 
 from .data import make_jpegs, photographs
 from .host import NOISE, describe
