@@ -56,8 +56,8 @@ class Built:
 
 def model_input(built: Built, sample: Any) -> torch.Tensor:
     """What the model gets for one sample of ``built``'s transforms: the sample collated as a batch of one
-    (`erasing.collate`), then the normalisation the trainer hands its engine (on the device, here the CPU)."""
-    from mae.train.erasing import collate
+    (`collate.collate`), then the normalisation the trainer hands its engine (on the device, here the CPU)."""
+    from mae.train.collate import collate
 
     images, _ = collate([(sample, 0)])
     return built.kwargs["normalize"](images)[0]

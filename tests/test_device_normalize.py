@@ -67,6 +67,13 @@ class Spy:
     def dtypes(self) -> set[torch.dtype]:
         return {(b.images if isinstance(b, ErasedBatch) else b).dtype for b in self.received}
 
+    def stored_layout(self) -> bool:
+        """Every batch crossed as the images are stored (channels last in memory: the worker stacked them
+        without transposing, `collate.stack_images`) and every output is contiguous [N, C, H, W]."""
+        received = [b.images if isinstance(b, ErasedBatch) else b for b in self.received]
+        crossed = all(b.permute(0, 2, 3, 1).is_contiguous() and not b.is_contiguous() for b in received)
+        return bool(received) and crossed and all(out.is_contiguous() for out in self.outputs)
+
 
 def seed_all(seed: int) -> None:
     """The generators the loader and the transforms draw from (torch, `random`, numpy)."""
@@ -133,6 +140,7 @@ def test_pretraining_batches_equal_main_pretrain(data: Path, workers: int) -> No
         ]
     )
     assert spy.dtypes() == {torch.uint8}  # what crossed to the device: a quarter of float32's bytes
+    assert spy.stored_layout()
     assert_equal_batches(spy.outputs, official_batches(data / "train", official, workers))
 
 
@@ -148,6 +156,7 @@ def test_finetuning_batches_equal_timms_create_transform(data: Path, workers: in
         mean=IMAGENET_DEFAULT_MEAN, std=IMAGENET_DEFAULT_STD,
     )  # fmt: skip
     assert spy.dtypes() == {torch.uint8}
+    assert spy.stored_layout()
     erased = sum(len(b.boxes) for b in spy.received)
     assert erased >= 2, f"only {erased} images erased: the comparison would not see the erasing"
     assert_equal_batches(spy.outputs, official_batches(data / "train", official, workers))
@@ -165,6 +174,7 @@ def test_linear_probing_batches_equal_main_linprobe(data: Path) -> None:
         ]
     )
     assert spy.dtypes() == {torch.uint8}
+    assert spy.stored_layout()
     assert_equal_batches(spy.outputs, official_batches(data / "train", official, 0))
 
 
@@ -200,6 +210,7 @@ def test_evaluation_batches_equal_build_transform(data: Path, workers: int) -> N
     dataset = datasets.ImageFolder(str(data / "val"), transform=official)
     theirs = DataLoader(dataset, sampler=SequentialSampler(dataset), batch_size=5, num_workers=workers)
     assert spy.dtypes() == {torch.uint8}
+    assert spy.stored_layout() and all(x.is_contiguous() for x in model.inputs)
     assert_equal_batches(model.inputs, [images for images, _ in theirs])
 
 

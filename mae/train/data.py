@@ -27,7 +27,7 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 
-from .erasing import collate
+from .collate import collate
 from .image_formats import ARRAY_EXTENSIONS, has_data_extension, in_own_modes
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -220,7 +220,7 @@ def build_loader(
         pin_memory=pin_memory,
         drop_last=True,
         worker_init_fn=leave_signals_to_the_trainer,
-        collate_fn=collate,  # torch's, but random erasing travels as a plan (`erasing`)
+        collate_fn=collate,  # torch's, but images keep their stored layout and erasing travels as a plan (`collate`)
     )
 
 

@@ -6,7 +6,7 @@ number per channel and pixel; ``rand``: one per channel; ``const``: zeros). Thos
 the image, so the worker can draw them without the image's floats: `EraseLater` runs timm's own
 ``RandomErasing`` on a stand-in that records each rectangle and the values written into it (the same calls
 to Python's ``random`` and torch's generator, in the same order), and ships them with the image's stored
-integers (`ErasedImage`). `collate` gathers a batch into an `ErasedBatch`; after ``ToTensor`` and
+integers (`ErasedImage`). `collate.collate` gathers a batch into an `ErasedBatch`; after ``ToTensor`` and
 ``Normalize`` on the device (`normalize.DeviceNormalize`), `ErasedBatch.erase` writes the recorded values
 into their rectangles, in the order they were drawn: the tensor the official CPU pipeline makes, bit for bit.
 
@@ -20,7 +20,6 @@ from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor
-from torch.utils.data import default_collate
 
 
 class _Recorder:
@@ -102,21 +101,3 @@ class ErasedBatch(NamedTuple):
             normalised[index, :, top : top + h, left : left + w] = region
             offset += size
         return normalised
-
-
-def collate(batch: list[tuple[Any, Any]]) -> Any:
-    """torch's ``default_collate``, except that a batch of `ErasedImage` samples becomes an `ErasedBatch`."""
-    if not batch or not isinstance(batch[0][0], ErasedImage):
-        return default_collate(batch)
-    images = [sample[0] for sample in batch]
-    labels = default_collate([sample[1] for sample in batch])
-    boxes = [(i, *box) for i, image in enumerate(images) for box in image.boxes]
-    values = [v for image in images for v in image.values]
-    return [
-        ErasedBatch(
-            torch.stack([image.pixels for image in images]),
-            torch.tensor(boxes, dtype=torch.int64).view(-1, 5),
-            torch.cat(values) if values else torch.empty(0, dtype=torch.float32),
-        ),
-        labels,
-    ]

@@ -6,6 +6,8 @@ workers skip two full passes over every image. Here the batch becomes what torch
 ``Normalize`` would have made on the CPU, in the same float32 arithmetic: ``x.float() / 255`` (``/ 65535`` for
 uint16; float arrays as they are), then ``(x - mean) / std`` per channel. Each step is one correctly rounded
 IEEE operation per element, so the result is bit-equal to the CPU pipeline on any device and any kernel.
+The batch may arrive in the images' stored layout (channels last in memory, `collate.stack_images`): it is
+made contiguous first, so the model's input is the same tensor, in the same layout, as the official one.
 A batch that carries random erasing (`erasing.ErasedBatch`, fine-tuning's ``--reprob``) is normalised, then
 erased with the values its workers drew.
 
@@ -46,7 +48,8 @@ class DeviceNormalize:
                 f"a batch of shape {tuple(batch.shape)} does not have the {len(self.mean)} channels the statistics "
                 "are for"
             )
-        x = batch.to(torch.float32)
+        # Lô đến theo bố cục lưu của ảnh (kênh cuối, `collate`): sắp lại [N, C, H, W] liền mạch ở đây, rồi mới tính.
+        x = batch.contiguous().to(torch.float32)
         if batch.dtype in SCALE:
             # Giống ToTensor: chia cho giá trị lớn nhất của kiểu số nguyên, trong float32.
             x = x.div(SCALE[batch.dtype])
