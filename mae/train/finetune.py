@@ -77,6 +77,7 @@ from .precision import (
 )
 from .preemption import Preemption
 from .run_checkpoint import read_run_checkpoint, resolve_resume, save_atomic
+from .run_lines import batch_line, device_line, effective_batch, model_line, nothing_to_train
 from .runs import (
     interrupted_epoch,
     last_checkpoint_hint,
@@ -449,11 +450,9 @@ def train(args: argparse.Namespace, recipe: Recipe, dist: distributed.Dist, sink
     notes = recipe.prepare_model(args, model_without_ddp)
     model_without_ddp.to(device)
     model: nn.Module = model_without_ddp
-    n_parameters = sum(p.numel() for p in model_without_ddp.parameters() if p.requires_grad)
-
-    effective_batch = args.batch_size * args.accum_iter * dist.world_size
+    n_parameters = sum(p.numel() for p in model_without_ddp.parameters() if p.requires_grad)  # log.txt's figure
     if args.lr is None:
-        args.lr = base_learning_rate(args.blr, effective_batch)
+        args.lr = base_learning_rate(args.blr, effective_batch(args.batch_size, args.accum_iter, dist.world_size))
     if dist.enabled:
         model = DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
     optimizer = recipe.optimizer(args, model_without_ddp)
@@ -469,13 +468,8 @@ def train(args: argparse.Namespace, recipe: Recipe, dist: distributed.Dist, sink
     run_autocast = autocast(device, dtype)
 
     c = model_without_ddp.config
-    size = f"{n_parameters / 1e6:.1f}M" if n_parameters >= 1e6 else f"{n_parameters:,}"
     pool = "global pool" if model_without_ddp.global_pool else "class token"
-    say(
-        dist,
-        f"model: {args.model} ({size} trained parameters), {c.img_size}px, patch {c.patch_size}, {pool}, "
-        f"{classes} classes",
-    )
+    say(dist, model_line(args.model, model_without_ddp, c.img_size, c.patch_size, f"{pool}, {classes} classes"))
     for note in notes:
         say(dist, f"{'resume' if note.startswith(('continuing', 'random', 'dropped')) else 'weights'}: {note}")
     if args.eval:
@@ -496,22 +490,19 @@ def train(args: argparse.Namespace, recipe: Recipe, dist: distributed.Dist, sink
         f"data: {len(dataset_train):,} training and {len(dataset_val):,} validation images under "
         f"{args.data_path}; {steps} batches of {args.batch_size} per epoch per process",
     )
+    loss = f"; loss {type(criterion).__name__}{', mixup/cutmix' if mixup_fn else ''}"
     say(
         dist,
-        f"batch: {args.batch_size} x accum {args.accum_iter} x {dist.world_size} process(es) = "
-        f"{effective_batch}; "
-        f"lr {args.lr:.2e} (blr {args.lr * 256 / effective_batch:.2e}), warmup {args.warmup_epochs} of "
-        f"{args.epochs} epochs; loss {type(criterion).__name__}{', mixup/cutmix' if mixup_fn else ''}",
+        batch_line(args.batch_size, args.accum_iter, dist.world_size, args.lr, args.warmup_epochs, args.epochs, loss),
     )
+    checkpointed = model_without_ddp.grad_checkpointing
     say(
         dist,
-        f"device: {device}, {str(dtype).removeprefix('torch.')}"
-        f"{', compiled' if args.compile else ''}"
-        f"{', gradient checkpointing' if model_without_ddp.grad_checkpointing else ''}{fast.describe()}; "
-        f"output: {output or 'none (no saving)'}",
+        device_line(device, dtype, compiled=args.compile, grad_checkpointing=checkpointed, fast=fast, output=output),
     )
-    if args.start_epoch >= args.epochs:
-        say(dist, f"nothing to train: epoch {args.start_epoch} is past --epochs {args.epochs}; raise --epochs to go on")
+    done = nothing_to_train(args.start_epoch, args.epochs)
+    if done:
+        say(dist, done)
         return
 
     best = _best_so_far(output, args.start_epoch)

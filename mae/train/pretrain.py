@@ -66,6 +66,7 @@ from .precision import (
 )
 from .preemption import Preemption
 from .run_checkpoint import read_run_checkpoint, resolve_resume
+from .run_lines import batch_line, device_line, effective_batch, epoch_notes, model_line, nothing_to_train
 from .runs import (
     interrupted_epoch,
     last_checkpoint_hint,
@@ -243,9 +244,8 @@ def train(
     model_without_ddp.set_grad_checkpointing(args.grad_checkpointing)  # encoder and decoder blocks
     model: torch.nn.Module = model_without_ddp
 
-    effective_batch = args.batch_size * args.accum_iter * dist.world_size
     if args.lr is None:
-        args.lr = base_learning_rate(args.blr, effective_batch)
+        args.lr = base_learning_rate(args.blr, effective_batch(args.batch_size, args.accum_iter, dist.world_size))
     if dist.enabled:
         model = DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
     optimizer = build_adamw(model_without_ddp, args.lr, args.weight_decay)
@@ -258,50 +258,33 @@ def train(
     start = interrupted_epoch(args.resume, steps, dist)  # a mid-epoch checkpoint: the epoch continues part-way
     forward = cast(torch.nn.Module, torch.compile(model)) if args.compile else model
 
-    n_params = sum(p.numel() for p in model_without_ddp.parameters() if p.requires_grad)
-    size = f"{n_params / 1e6:.1f}M" if n_params >= 1e6 else f"{n_params:,}"
     c = model_without_ddp.config
-    kind = type(dataset).__name__
+    target = f"mask ratio {args.mask_ratio}, {'norm-pix' if c.norm_pix_loss else 'pixel'} target"
+    say(dist, model_line(args.model, model_without_ddp, c.img_size, c.patch_size, target))
     say(
         dist,
-        f"model: {args.model} ({size} trained parameters), {c.img_size}px, patch {c.patch_size}, "
-        f"mask ratio {args.mask_ratio}, {'norm-pix' if c.norm_pix_loss else 'pixel'} target",
-    )
-    say(
-        dist,
-        f"data: {len(dataset):,} images ({kind}) under {args.data_path}; {steps} batches of {args.batch_size} "
-        f"per epoch per process",
+        f"data: {len(dataset):,} images ({type(dataset).__name__}) under {args.data_path}; {steps} batches of "
+        f"{args.batch_size} per epoch per process",
     )
     say(
         dist,
         f"statistics: {c.in_chans} channel(s), {describe(args.mean, args.std)} "
         f"({stats_source(args.norm_stats == 'auto', args.mean, args.std, len(dataset))})",
     )
+    say(dist, batch_line(args.batch_size, args.accum_iter, dist.world_size, args.lr, args.warmup_epochs, args.epochs))
     say(
         dist,
-        f"batch: {args.batch_size} x accum {args.accum_iter} x {dist.world_size} process(es) = {effective_batch}; "
-        f"lr {args.lr:.2e} (blr {args.lr * 256 / effective_batch:.2e}), "
-        f"warmup {args.warmup_epochs} of {args.epochs} epochs",
+        device_line(
+            device, dtype, compiled=args.compile, grad_checkpointing=args.grad_checkpointing, fast=fast, output=output
+        ),
     )
-    say(
-        dist,
-        f"device: {device}, {str(dtype).removeprefix('torch.')}"
-        f"{', compiled' if args.compile else ''}{', gradient checkpointing' if args.grad_checkpointing else ''}"
-        f"{fast.describe()}; "
-        f"output: {output or 'none (no saving)'}",
-    )
-    if steps % args.accum_iter:
-        say(
-            dist,
-            f"note: {steps % args.accum_iter} batch(es) at the end of each epoch complete no optimizer step "
-            "(their gradients are dropped, as in the official engine)",
-        )
-    if args.warmup_epochs >= args.epochs:
-        say(dist, f"note: --warmup_epochs {args.warmup_epochs} >= --epochs {args.epochs}: the lr only warms up")
+    for line in epoch_notes(steps, args.accum_iter, args.warmup_epochs, args.epochs):
+        say(dist, line)
     for note in notes:
         say(dist, f"resume: {note}")
-    if args.start_epoch >= args.epochs:
-        say(dist, f"nothing to train: epoch {args.start_epoch} is past --epochs {args.epochs}; raise --epochs to go on")
+    done = nothing_to_train(args.start_epoch, args.epochs)
+    if done:
+        say(dist, done)
         return
 
     if sinks is not None:
