@@ -16,6 +16,8 @@ medians are reported:
   goals (the best bf16 step >= 3x, the best float32 step >= 1.2x the official engine's images/s) to the host;
 - "compile": the same through `torch.compile(model)` (`--compile`); its first call, compilation included,
   is reported apart, and it is warmed up by two calls (the second recompiles a small function once);
+  "bf16_fast_compile" and "fast_compile": bf16_fast and fast_adamw through the same compiled wrapper
+  (`--fast --compile`, with and without `--dtype bfloat16`), which keeps a graph for each route;
 - "official" (with $MAE_OFFICIAL_REPO): the official `engine_pretrain.train_one_epoch` with the official
   model, its AdamW groups and its `NativeScalerWithGradNormCount`, run under the shims of
   `reference.official` (applied only while the official code runs).
@@ -39,7 +41,8 @@ what they allow (`benchmarks/host.py`), e.g. on a CPU whose oneDNN products are 
 must not be slower than the default path, and where bf16 products are emulated, `mae` must warn.
 
     python -m benchmarks train [--model base] [--batch 8] [--rounds 5] [--steps 1]
-                               [--variants ours,fast,bf16,bf16_attn,bf16_adamw,bf16_fast,fast_adamw,compile,official]
+                               [--variants ours,fast,bf16,bf16_attn,bf16_adamw,bf16_fast,fast_adamw,compile,
+                                           bf16_fast_compile,fast_compile,official]
                                [--curve-model small]
                                [--curve-steps 20] [--device cpu|cuda] [--repeat-slow] [--json FILE]
 """
@@ -77,6 +80,12 @@ from mae.train.optim import BETAS, build_adamw, set_fused_adamw
 from mae.train.precision import autocast, grad_scaler
 from mae.train.schedule import CosineSchedule, base_learning_rate
 
+# `--fast --compile`: a fast-path variant (`benchmarks/routes.py`) through the one compiled wrapper of the model.
+COMPILED = {"bf16_fast_compile": "bf16_fast", "fast_compile": "fast_adamw"}
+COMPILED_LABELS = {
+    "bf16_fast_compile": "ours --fast --dtype bfloat16 --compile",
+    "fast_compile": "ours --fast --compile, float32",
+}
 VARIANTS = {"base": "mae_vit_base_patch16", "large": "mae_vit_large_patch16", "huge": "mae_vit_huge_patch14"}
 # Configurations on the ViT-B factory for short runs: the loss curve ("small") and smoke tests ("tiny").
 SMALL: dict[str, dict[str, Any]] = {
@@ -91,12 +100,13 @@ LABELS = {
     "bf16": "ours, bf16 autocast",
     **routes.FAST_VARIANTS,
     "compile": "ours, torch.compile (float32)",
+    **COMPILED_LABELS,
     "official": "official engine (float32 on the CPU)",
 }
 # images/s over the official engine's (fast: issue 7; bf16, best_bf16, best_float32: issue 17); loss relative difference
 GOALS = {"fast": 1.8, "bf16": 3.0, "best_bf16": 3.0, "best_float32": 1.2, "curve": 0.02}
-FLOAT32 = ("ours", "fast", "fast_adamw", "compile")  # our float32 variants
-BF16 = ("bf16", "bf16_attn", "bf16_adamw", "bf16_fast")
+FLOAT32 = ("ours", "fast", "fast_adamw", "compile", "fast_compile")  # our float32 variants
+BF16 = ("bf16", "bf16_attn", "bf16_adamw", "bf16_fast", "bf16_fast_compile")
 # float32 with --fast's choices against the default float32: the same float32 arithmetic in another order; after the
 # curve's few steps its loss moves by chaos-amplified rounding only, far below bf16's (GOALS["curve"]).
 FLOAT32_CURVE = 1e-3
@@ -280,7 +290,7 @@ def time_rounds(
     for name, f in functions.items():
         warm[name] = timed_call(f, device)
         print(f"[{tag}] warm-up {name}: {warm[name][0]:.2f} s", file=sys.stderr)
-        if name == "compile":
+        if name == "compile" or name in COMPILED:
             f()  # the second compiled call recompiles once more (the mask's noise is drawn outside the graph)
     # AdamW allocates its moments at the first step: weights and optimizer state now exist, before any timed call.
     state = _bytes(iter(model.parameters())) + _bytes(
@@ -289,7 +299,8 @@ def time_rounds(
     reference = warm["ours"][0] if "ours" in warm else None
     slow = set()
     if reference and not args.repeat_slow:
-        slow = {n for n, (s, _) in warm.items() if n != "compile" and s > SLOW_FACTOR * reference}
+        compiled = {"compile", *COMPILED}
+        slow = {n for n, (s, _) in warm.items() if n not in compiled and s > SLOW_FACTOR * reference}
     seconds: dict[str, list[float]] = {name: [] for name in functions}
     peaks: dict[str, list[float]] = {name: [] for name in functions}
     for i in range(args.rounds):
@@ -332,13 +343,17 @@ def bench_steps(args: argparse.Namespace, device: torch.device) -> dict[str, Any
     tokens = mae_tokens(model.patch_embed.num_patches, MASK_RATIO)
     functions: dict[str, Callable[[], None]] = {}
     plans = {}
+    compiled: Any = None  # one torch.compile wrapper for the compiled variants (it keeps a graph per route)
     for name in args.variants:
-        if name in routes.FAST_VARIANTS:
-            route, plan = routes.route_of(name, model, device, args.batch, tokens)
+        if name in routes.FAST_VARIANTS or name in COMPILED:
+            route, plan = routes.route_of(COMPILED.get(name, name), model, device, args.batch, tokens)
             if plan is not None:
                 plans[name] = plan.describe().removeprefix("; --fast: ")
             chosen = routes.optimizer_for(route, optimizer, fused)
-            functions[name] = ours_call(model, model, chosen, schedule, loader, device, route=route)
+            if name in COMPILED and compiled is None:
+                compiled = torch.compile(model)
+            forward = compiled if name in COMPILED else model
+            functions[name] = ours_call(model, forward, chosen, schedule, loader, device, route=route)
         elif name == "ours":
             functions[name] = ours_call(model, model, optimizer, schedule, loader, device)
         elif name == "fast":
@@ -346,15 +361,63 @@ def bench_steps(args: argparse.Namespace, device: torch.device) -> dict[str, Any
         elif name == "bf16":
             functions[name] = ours_call(model, model, optimizer, schedule, loader, device, dtype=torch.bfloat16)
         elif name == "compile":
-            compiled = torch.compile(model)
-            functions[name] = ours_call(model, compiled, optimizer, schedule, loader, device)  # type: ignore[arg-type]
+            compiled = torch.compile(model) if compiled is None else compiled
+            functions[name] = ours_call(model, compiled, optimizer, schedule, loader, device)
         elif name == "official":
             official = build_official_model(args.model, config).to(device)
             official.load_state_dict(model.state_dict(), strict=True)
             functions[name] = official_call(official, loader, device, schedule)
 
     rows, state = time_rounds(functions, model, optimizer, args, device, "train")
-    return {"rows": rows, "state_bytes": state, "img_size": config.img_size, "plans": plans}
+    shares = {}
+    if device.type == "cpu":  # the profiler's CPU times are the kernels' only on the CPU
+        for names in (BF16, FLOAT32):
+            best = best_of(rows, names)
+            if best is not None:
+                shares[best] = product_share(functions[best])
+    return {"rows": rows, "state_bytes": state, "img_size": config.img_size, "plans": plans, "products": shares}
+
+
+# The matrix products' operators (self time; each product is one of them, whichever route called it).
+PRODUCT_OPS = ("aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm", "aten::_addmm_activation")
+
+
+def product_share(f: Callable[[], None]) -> dict[str, float]:
+    """One call of ``f`` under torch's profiler: the seconds of its matrix products (`PRODUCT_OPS` and oneDNN's
+    linear and matmul operators; SDPA's own products are inside its kernel, not counted) and of all operators."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        f()
+    events = prof.key_averages()
+    products = sum(
+        e.self_cpu_time_total
+        for e in events
+        if e.key in PRODUCT_OPS or (e.key.startswith("aten::mkldnn_") and ("linear" in e.key or "matmul" in e.key))
+    )
+    return {"products_s": products / 1e6, "profiled_s": sum(e.self_cpu_time_total for e in events) / 1e6}
+
+
+def products_lines(results: dict[str, Any]) -> list[str]:
+    """Where the best steps' time goes, and what issue 17's goals leave for everything but the products."""
+    rows, lines = results["steps"]["rows"], []
+    official = rows.get("official", {}).get("seconds_per_step")
+    for name, share in results["steps"].get("products", {}).items():
+        fraction = share["products_s"] / share["profiled_s"]
+        step = rows[name]["seconds_per_step"]
+        line = (
+            f"Where {name}'s step goes (one profiled call): the matrix products {fraction:.0%} of its operators' "
+            f"time, so about {fraction * step:.2f} s of its {step:.2f} s median, the rest {(1 - fraction) * step:.2f} s"
+        )
+        if official:
+            goal = GOALS["best_bf16" if name in BF16 else "best_float32"]
+            room = official / goal - fraction * step
+            line += (
+                f". Issue 17's {goal:g}x needs the step at {official / goal:.2f} s (the official engine's "
+                f"{official:.2f} s / {goal:g}): at these products' speed that leaves {room:.2f} s for the rest"
+            )
+        lines.append(line + ".")
+    return lines
 
 
 # --- the loss curve -----------------------------------------------------------------------------------
@@ -559,6 +622,9 @@ def contributions(rows: dict[str, Any]) -> str | None:
         ("oneDNN linear layers in float32", "fast", "ours"),
         ("fused AdamW and the attention choice over oneDNN alone", "fast_adamw", "fast"),
         ("--fast in float32 (all its choices)", "fast_adamw", "ours"),
+        ("torch.compile over --fast in bf16", "bf16_fast_compile", "bf16_fast"),
+        ("torch.compile over --fast in float32", "fast_compile", "fast_adamw"),
+        ("torch.compile in float32", "compile", "ours"),
     ]
     found = [
         f"{what} {rows[a]['images_per_s'] / rows[b]['images_per_s']:.2f}x ({a} / {b})"
@@ -609,11 +675,12 @@ def steps_report(
     lines += ["", *goal_lines, ""]
     if official is None:
         lines.append("The official engine was not run (MAE_OFFICIAL_REPO unset): ours only.")
-    if "compile" in rows:
-        lines.append(
-            f"torch.compile: first call (compilation and {a['steps']} step(s)) {rows['compile']['warmup_s']:.0f} s "
-            "(inductor's on-disk cache shortens it in later runs)."
-        )
+    for name in ("compile", *COMPILED):
+        if name in rows:
+            lines.append(
+                f"torch.compile ({name}): first call (compilation and {a['steps']} step(s)) "
+                f"{rows[name]['warmup_s']:.0f} s (inductor's on-disk cache shortens it in later runs)."
+            )
     lines.append(
         f"Weights and AdamW state of our model: {steps['state_bytes'] / 1e9:.3g} GB (shared by our variants, allocated "
         "before the timed calls; not in the peak column)."
@@ -643,6 +710,7 @@ def report(results: dict[str, Any]) -> str:
             f"Loss curve, {curve['model']} model, batch {curve['batch']}, {curve['steps']} steps from seed 0: float32 "
             f"{ref[0]:.4f} -> {ref[-1]:.4f}; largest relative difference from float32 at any step: {gaps}."
         )
+    extra += products_lines(results)
     return steps_report(results, LABELS, setup, goals(results), extra)
 
 

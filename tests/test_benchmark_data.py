@@ -55,6 +55,28 @@ def test_data_benchmark_runs_both_pipelines_on_two_tiny_images(
     assert ["official (ToTensor + Normalize in the worker)", "1", f"{per_core['official']:.1f}", "", ""] in rows
     assert ["ours (uint8 to the device)", "1", f"{per_core['ours']:.1f}", f"{ratio:.2f}x", f"{ratio:.2f}"] in rows
     assert ["bit-equal batches", "yes", "yes", "met"] in rows
+    costs = results["per_image_ms"]
+    assert {"decode", "crop", "ours", "official"} <= set(costs) and costs["decode"] > 0 and costs["ours"] > 0
+    # The ceiling: the official pipeline's time over the work both do (decode + crop), computed here.
+    assert f"would reach {costs['official'] / (costs['decode'] + costs['crop']):.2f}x" in text
+
+
+def test_the_per_image_line_derives_the_ceiling_and_what_the_goal_needs() -> None:
+    """Injected costs: decode 1 ms + crop 1.5 ms common; official 3.5 ms: ceiling 1.4x; the goal needs ours
+    at 3.5 / 1.4 = 2.5 ms, 0.0 ms beyond the common work; ours takes 0.4 ms beyond it."""
+    results = {
+        "host": "host", "sources": ["a.jpg"], "images": 200, "size": [500, 375], "batch": 10, "rounds": 3,
+        "bit_equal": True, "passes": {"official": {"1": [(1.0, 100)]}, "ours": {"1": [(1.0, 120)]}},
+        "device_normalize": {"device": "cpu", "batch": 10, "seconds": [0.01], "threads": 1},
+        "gpu_rates": {"GPU": 500.0}, "load_average": [1.0, 1.0],
+        "per_image_ms": {"decode": 1.0, "crop": 1.5, "ours": 2.9, "official": 3.5},
+    }  # fmt: skip
+    results["summary"] = data.summarise(results)
+    text = data.report(results)
+    assert "the least of 3 passes): decoding 1.00 ms and the random resized crop 1.50 ms" in text
+    assert "all of ours 2.90 ms, all of the official 3.50 ms (official / ours 1.21x)" in text
+    assert "the common 2.50 ms would reach 1.40x; the goal's 1.4x needs ours at 2.50 ms or less, 0.00 ms" in text
+    assert "(ours takes 0.40 ms beyond it)" in text
 
 
 @pytest.mark.parametrize(("ours_images", "verdict"), [(150, "met"), (130, "missed")])

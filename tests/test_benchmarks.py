@@ -206,6 +206,12 @@ def test_train_benchmark_times_every_variant(
     text = capsys.readouterr().out
     assert "CPU instruction sets:" in text.splitlines()[0]
     assert "The official engine was not run (MAE_OFFICIAL_REPO unset): ours only." in text
+    # The best float32 and bf16 steps, profiled once: their products are a part of all their operators' time.
+    shares = results["steps"]["products"]  # type: ignore[index]
+    assert set(shares) == {train.best_of(rows, train.FLOAT32), train.best_of(rows, train.BF16)}
+    for share in shares.values():
+        assert 0 < share["products_s"] < share["profiled_s"]
+    assert f"Where {train.best_of(rows, train.BF16)}'s step goes (one profiled call): the matrix products" in text
     table = _table_rows(text[: text.index("| goal |")])
     assert len(table) == 1 + len(rows) and len({len(r) for r in table}) == 1
     assert [r[0] for r in table[1:]] == [train.LABELS[n] for n in rows]
@@ -224,6 +230,24 @@ def test_train_benchmark_times_every_variant(
         verdict = "met" if round(value, 2) >= bound else "missed"  # the verdict of the printed, rounded value
         assert goals["float32 fast path / our default path, images/s"] == [f">= {bound:.3g}x", f"{value:.2f}x", verdict]
         assert "The fast path's choices in this run: oneDNN fast path: " in text
+
+
+def test_products_lines_leave_the_goal_its_room() -> None:
+    """Injected: bf16_fast's products are 60 % of its profiled time and its median step 1.0 s; the official
+    step 3.0 s. The 3x goal needs 1.0 s; the products take 0.6 s of it: 0.4 s left for the rest (now 0.4 s)."""
+    rows = {"bf16_fast": {"seconds_per_step": 1.0}, "official": {"seconds_per_step": 3.0}}
+    results = {"steps": {"rows": rows, "products": {"bf16_fast": {"products_s": 0.6, "profiled_s": 1.0}}}}
+    (line,) = train.products_lines(results)
+    assert (
+        "the matrix products 60% of its operators' time, so about 0.60 s of its 1.00 s median, the rest 0.40 s" in line
+    )
+    assert "Issue 17's 3x needs the step at 1.00 s (the official engine's 3.00 s / 3)" in line
+    assert line.endswith("leaves 0.40 s for the rest.")
+    rows["official"]["seconds_per_step"] = 2.4
+    (line,) = train.products_lines(results)
+    assert line.endswith(
+        "at 0.80 s (the official engine's 2.40 s / 3): at these products' speed that leaves 0.20 s for the rest."
+    )
 
 
 @pytest.mark.parametrize("kind", ["AVX2-like", "AVX-512-like"])
