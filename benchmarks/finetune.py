@@ -12,19 +12,23 @@ call is `--steps` steps of epoch 10 of the recipe (past warmup, so the learning 
 - "bf16_attn", "bf16_adamw", "bf16_fast", "fast_adamw": `--fast`'s choices one at a time and together, as in
   the pre-training benchmark (`benchmarks/routes.py`);
 - "compile": the same through `torch.compile(model)` (`--compile`), warmed up by two calls;
+  "bf16_fast_compile" and "fast_compile": bf16_fast and fast_adamw through the same compiled wrapper;
 - "official" (with $MAE_OFFICIAL_REPO): the official `engine_finetune.train_one_epoch` with OUR classifier
   (a second copy, the same weights), the official `util.lr_decay` groups, AdamW as `main_finetune.py` builds
   it and its `NativeScalerWithGradNormCount`, under the shims of `reference.official`.
-Our four variants share one model and one optimizer. The timing (round-robin after one warm-up call each,
-medians), the peak-memory measure, the slow-variant rule and the host's ceilings are those of the
-pre-training benchmark (`benchmarks/train.py`, `benchmarks/host.py`).
+Our variants share one model and one optimizer (the fused-AdamW ones their own over the same weights). The
+best bf16 and float32 steps are profiled once each: the report says the products' share of them and what
+issue 17's goals (3x, 1.2x; "fine-tuning the same") would leave for the rest (`train.products_lines`).
+The timing (round-robin after one warm-up call each, medians), the peak-memory measure, the slow-variant
+rule and the host's ceilings are those of the pre-training benchmark (`benchmarks/train.py`, `benchmarks/host.py`).
 
 The goal (issue 10): the best of our variants >= 2x the official float32 engine's images/s, held to what
 this host's measured ceilings allow (a oneDNN or bf16 product gain; none where both run no faster than the
 official engine's MKL products): the issue's figure is reported too.
 
     python -m benchmarks finetune [--model base] [--batch 8] [--rounds 5] [--steps 1]
-                                  [--variants ours,fast,bf16,compile,official] [--device cpu|cuda]
+                                  [--variants ours,fast,bf16,bf16_attn,bf16_adamw,bf16_fast,fast_adamw,compile,
+                                              bf16_fast_compile,fast_compile,official] [--device cpu|cuda]
                                   [--repeat-slow] [--json FILE]
 """
 
@@ -85,6 +89,7 @@ LABELS = {
     "bf16": "ours, bf16 autocast",
     **routes.FAST_VARIANTS,
     "compile": "ours, torch.compile (float32)",
+    **train.COMPILED_LABELS,
     "official": "official engine, our classifier (float32 on the CPU)",
 }
 GOAL = 2.0  # the best of ours over the official float32 engine, images/s (issue 10)
@@ -207,13 +212,17 @@ def build_calls(
     loader = FixedImages(args.batch, model.config.img_size, args.steps, device)
     tokens = classifier_tokens(model.patch_embed.num_patches)
     calls: dict[str, Callable[[], Stats]] = {}
+    compiled: Any = None  # one torch.compile wrapper for the compiled variants (a graph per route)
     for name in args.variants:
-        if name in routes.FAST_VARIANTS:
-            route, plan = routes.route_of(name, model, device, args.batch, tokens)
+        if name in routes.FAST_VARIANTS or name in train.COMPILED:
+            route, plan = routes.route_of(train.COMPILED.get(name, name), model, device, args.batch, tokens)
             if plan is not None:
                 plans[name] = plan.describe().removeprefix("; --fast: ")
             chosen = routes.optimizer_for(route, optimizer, fused)
-            calls[name] = ours_call(model, model, chosen, schedule, loader, device, route=route)
+            if name in train.COMPILED and compiled is None:
+                compiled = torch.compile(model)
+            forward = compiled if name in train.COMPILED else model
+            calls[name] = ours_call(model, forward, chosen, schedule, loader, device, route=route)
         elif name == "ours":
             calls[name] = ours_call(model, model, optimizer, schedule, loader, device)
         elif name == "fast":
@@ -221,7 +230,7 @@ def build_calls(
         elif name == "bf16":
             calls[name] = ours_call(model, model, optimizer, schedule, loader, device, dtype=torch.bfloat16)
         elif name == "compile":
-            compiled: nn.Module = torch.compile(model)  # type: ignore[assignment]
+            compiled = torch.compile(model) if compiled is None else compiled
             calls[name] = ours_call(model, compiled, optimizer, schedule, loader, device)
         elif name == "official":
             theirs = build_classifier(args.model).to(device)
@@ -245,7 +254,8 @@ def bench_steps(args: argparse.Namespace, device: torch.device) -> dict[str, Any
     for name, row in rows.items():
         row["lr"] = float(last[name]["lr"])  # the engine's average over its last call's steps (largest group's)
         row["loss"] = float(last[name]["loss"])
-    return {"rows": rows, "state_bytes": state, "img_size": img_size, "plans": plans}
+    shares = train.best_step_shares(rows, calls, device)
+    return {"rows": rows, "state_bytes": state, "img_size": img_size, "plans": plans, "products": shares}
 
 
 # --- the report ---------------------------------------------------------------------------------------
@@ -317,7 +327,7 @@ def report(results: dict[str, Any]) -> str:
         f"{steps['img_size']} px, mixup {MIXING.mixup} / cutmix {MIXING.cutmix}, smoothing {MIXING.smoothing}, "
         f"SoftTargetCrossEntropy, AdamW over layer-decay {r.layer_decay} groups"
     )
-    return train.steps_report(results, LABELS, setup, goals(results), [])
+    return train.steps_report(results, LABELS, setup, goals(results), train.products_lines(results))
 
 
 def main(argv: list[str] | None = None) -> int:

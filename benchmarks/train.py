@@ -369,20 +369,29 @@ def bench_steps(args: argparse.Namespace, device: torch.device) -> dict[str, Any
             functions[name] = official_call(official, loader, device, schedule)
 
     rows, state = time_rounds(functions, model, optimizer, args, device, "train")
+    shares = best_step_shares(rows, functions, device)
+    return {"rows": rows, "state_bytes": state, "img_size": config.img_size, "plans": plans, "products": shares}
+
+
+def best_step_shares(
+    rows: dict[str, Any], functions: dict[str, Callable[[], Any]], device: torch.device
+) -> dict[str, dict[str, float]]:
+    """`product_share` of the fastest bf16 and the fastest float32 variant (on the CPU: the profiler's CPU
+    times are the kernels' only there)."""
     shares = {}
-    if device.type == "cpu":  # the profiler's CPU times are the kernels' only on the CPU
+    if device.type == "cpu":
         for names in (BF16, FLOAT32):
             best = best_of(rows, names)
             if best is not None:
                 shares[best] = product_share(functions[best])
-    return {"rows": rows, "state_bytes": state, "img_size": config.img_size, "plans": plans, "products": shares}
+    return shares
 
 
 # The matrix products' operators (self time; each product is one of them, whichever route called it).
 PRODUCT_OPS = ("aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm", "aten::_addmm_activation")
 
 
-def product_share(f: Callable[[], None]) -> dict[str, float]:
+def product_share(f: Callable[[], Any]) -> dict[str, float]:
     """One call of ``f`` under torch's profiler: the seconds of its matrix products (`PRODUCT_OPS` and oneDNN's
     linear and matmul operators; SDPA's own products are inside its kernel, not counted) and of all operators."""
     from torch.profiler import ProfilerActivity, profile
@@ -406,8 +415,9 @@ def products_lines(results: dict[str, Any]) -> list[str]:
         fraction = share["products_s"] / share["profiled_s"]
         step = rows[name]["seconds_per_step"]
         line = (
-            f"Where {name}'s step goes (one profiled call): the matrix products {fraction:.0%} of its operators' "
-            f"time, so about {fraction * step:.2f} s of its {step:.2f} s median, the rest {(1 - fraction) * step:.2f} s"
+            f"Where the {name} step's time goes (one profiled call): the matrix products {fraction:.0%} of its "
+            f"operators' time, so about {fraction * step:.2f} s of its {step:.2f} s median, the rest "
+            f"{(1 - fraction) * step:.2f} s"
         )
         if official:
             goal = GOALS["best_bf16" if name in BF16 else "best_float32"]

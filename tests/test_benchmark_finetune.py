@@ -68,6 +68,10 @@ def test_finetune_benchmark_times_ours_and_the_official_engine(
     assert "CPU instruction sets:" in text.splitlines()[0]
     table = _table_rows(text[: text.index("| goal |")])
     assert [r[0] for r in table[1:]] == [finetune.LABELS[n] for n in rows] and len({len(r) for r in table}) == 1
+    # The best (only) float32 step of ours, profiled once: where its time goes.
+    (share,) = results["steps"]["products"].values()
+    assert list(results["steps"]["products"]) == ["ours"] and 0 < share["products_s"] < share["profiled_s"]
+    assert "Where the ours step's time goes (one profiled call): the matrix products" in text
     goal = _goal_rows(text)["best of ours"]
     bound = _bound(results["ceilings"])
     if official:
