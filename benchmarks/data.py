@@ -2,6 +2,9 @@
 
 - "ours": `mae.train.data.build_pretrain_dataset` and `build_loader` (random resized crop, flip, the image's
   stored integers: uint8 batches), then `DeviceNormalize` on the device (`ToTensor` + `Normalize` there);
+- "ours_draft" (``--jpeg-draft``): ours with ``mae pretrain --jpeg_draft`` (JPEGs decoded at 1/2-1/8 of their
+  size where the crop allows; not bit-equal there, so not compared bit for bit; at ImageNet's size nothing is
+  reduced at 224 px: try ``--size 2000x1500``);
 - "official": ``main_pretrain.py``'s ``transform_train`` (the same crop and flip, then ``ToTensor`` and
   ``Normalize`` in the worker: float32 batches) over an ``ImageFolder`` and a ``DataLoader``, built here
   from torchvision as the official script builds them.
@@ -21,7 +24,8 @@ ImageNet-1K's 1,281,167 images: 106 images/s per V100, float16 autocast), ViT-B'
 models' forward FLOPs (`benchmarks.flops`), and an A100 assumed at 2.5x a V100 (their dense float16
 tensor-core peaks, 312 against 125 TFLOP/s).
 
-    python -m benchmarks data [--images 256] [--batch 16] [--workers 1,2] [--rounds 3] [--device cpu|cuda] [--json F]
+    python -m benchmarks data [--images 256] [--batch 16] [--workers 1,2] [--rounds 3] [--size 500x375]
+                              [--jpeg-draft] [--device cpu|cuda] [--json F]
 """
 
 from __future__ import annotations
@@ -114,10 +118,18 @@ def official_loader(root: Path, batch: int, workers: int) -> Any:
     return DataLoader(dataset, sampler=sampler, batch_size=batch, num_workers=workers, drop_last=True)
 
 
-def our_loader(root: Path, batch: int, workers: int) -> Any:
+def our_loader(root: Path, batch: int, workers: int, jpeg_draft: bool = False) -> Any:
     return build_loader(
-        build_pretrain_dataset(root, INPUT_SIZE), batch_size=batch, num_workers=workers, pin_memory=False
+        build_pretrain_dataset(root, INPUT_SIZE, jpeg_draft=jpeg_draft),
+        batch_size=batch,
+        num_workers=workers,
+        pin_memory=False,
     )
+
+
+def draft_loader(root: Path, batch: int, workers: int) -> Any:
+    """Ours with ``--jpeg_draft`` (opt-in, not bit-equal where it reduces: `mae/train/jpeg_draft.py`)."""
+    return our_loader(root, batch, workers, jpeg_draft=True)
 
 
 def one_pass(loader: Iterable[Any]) -> tuple[float, int]:
@@ -259,6 +271,7 @@ def summarise(results: dict[str, Any]) -> dict[str, Any]:
             for w, runs in by_workers.items()
         }
     ratio = {w: per_core["ours"][w] / per_core["official"][w] for w in per_core["ours"]}
+    draft = {w: per_core["ours_draft"][w] / per_core["official"][w] for w in per_core.get("ours_draft", {})}
     # Tỉ lệ của từng vòng (hai pipeline chạy liền nhau): độ dao động của chúng cho thấy nhiễu của máy.
     rounds = {
         w: [
@@ -272,7 +285,8 @@ def summarise(results: dict[str, Any]) -> dict[str, Any]:
         gpu: {name: rate / per_core[name][max(per_core[name], key=lambda w: per_core[name][w])] for name in per_core}
         for gpu, rate in results["gpu_rates"].items()
     }
-    return {"per_core": per_core, "ratio": ratio, "round_ratios": rounds, "cores_per_gpu": cores, "best_workers": best}
+    return {"per_core": per_core, "ratio": ratio, "draft_ratio": draft, "round_ratios": rounds, "cores_per_gpu": cores,
+            "best_workers": best}  # fmt: skip
 
 
 def report(results: dict[str, Any]) -> str:
@@ -294,6 +308,10 @@ def report(results: dict[str, Any]) -> str:
         lines.append(
             f"| ours (uint8 to the device) | {w} | {s['per_core']['ours'][w]:.1f} | {s['ratio'][w]:.2f}x | {each} |"
         )
+        if w in s.get("draft_ratio", {}):
+            rate = s["per_core"]["ours_draft"][w]
+            lines.append(f"| ours --jpeg_draft (not bit-equal where it reduces) | {w} | {rate:.1f} | "
+                         f"{s['draft_ratio'][w]:.2f}x | |")  # fmt: skip
     norm = results["device_normalize"]
     per_call = statistics.median(norm["seconds"])
     lines += [
@@ -348,6 +366,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--size", default="500x375", help="the JPEGs' size, WxH (ImageNet's usual 500x375)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--jpeg-draft", action="store_true", help="time ours with --jpeg_draft too")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
     size = tuple(int(v) for v in args.size.split("x"))
@@ -363,9 +382,16 @@ def main(argv: list[str] | None = None) -> int:
         root = make_jpegs(sources, Path(tmp), args.images, (size[0], size[1]))
         equal = bit_equal(root, min(args.batch, 4), normalize)
         passes: dict[str, dict[str, list[tuple[float, int]]]] = {"official": {}, "ours": {}}
+        pipelines: list[tuple[str, Callable[[Path, int, int], Any]]] = [
+            ("official", official_loader),
+            ("ours", our_loader),
+        ]
+        if args.jpeg_draft:
+            passes["ours_draft"] = {}
+            pipelines.append(("ours_draft", draft_loader))
         for _ in range(args.rounds):
             for workers in args.workers:
-                for name, build in (("official", official_loader), ("ours", our_loader)):
+                for name, build in pipelines:
                     runs = passes[name].setdefault(str(workers), [])
                     runs.append(one_pass(build(root, args.batch, workers)))
         costs = per_image_costs(root, args.batch, args.rounds)

@@ -27,12 +27,13 @@ def test_data_benchmark_runs_both_pipelines_on_two_tiny_images(
     if not data.photographs():
         pytest.skip("no photograph in the installed packages (matplotlib's sample_data has grace_hopper.jpg)")
     out = tmp_path / "data.json"
-    args = ["--images", "2", "--batch", "1", "--workers", "1", "--rounds", "1", "--size", "40x30", "--device", "cpu"]
+    args = ["--images", "2", "--batch", "1", "--workers", "1", "--rounds", "1", "--size", "40x30", "--device", "cpu",
+            "--jpeg-draft"]  # fmt: skip
     assert data.main([*args, "--json", str(out)]) == 0
     results = json.loads(out.read_text())
     assert results["bit_equal"] is True
     per_core: dict[str, float] = {}
-    for name in ("official", "ours"):
+    for name in ("official", "ours", "ours_draft"):
         ((seconds, images),) = results["passes"][name]["1"]
         assert images == 1 and seconds > 0  # 2 images in batches of 1: the first batch is not timed
         per_core[name] = images / seconds / 1
@@ -55,6 +56,10 @@ def test_data_benchmark_runs_both_pipelines_on_two_tiny_images(
     assert ["official (ToTensor + Normalize in the worker)", "1", f"{per_core['official']:.1f}", "", ""] in rows
     assert ["ours (uint8 to the device)", "1", f"{per_core['ours']:.1f}", f"{ratio:.2f}x", f"{ratio:.2f}"] in rows
     assert ["bit-equal batches", "yes", "yes", "met"] in rows
+    draft = per_core["ours_draft"] / per_core["official"]
+    assert summary["draft_ratio"]["1"] == pytest.approx(draft)
+    label = "ours --jpeg_draft (not bit-equal where it reduces)"
+    assert [label, "1", f"{per_core['ours_draft']:.1f}", f"{draft:.2f}x", ""] in rows
     costs = results["per_image_ms"]
     assert {"decode", "crop", "ours", "official"} <= set(costs) and costs["decode"] > 0 and costs["ours"] > 0
     # The ceiling: the official pipeline's time over the work both do (decode + crop), computed here.

@@ -99,7 +99,7 @@ ALL_FLAGS = [
     "--model_args", "depth=2", "embed_dim=64", "--weight_decay", "0.1", "--lr", "1e-4", "--blr", "2e-4",
     "--min_lr", "1e-6", "--warmup_epochs", "1", "--clip_grad", "3.0", "--output_dir", "out_dir",
     "--log_dir", "log_dir", "--print_freq", "5", "--save_every", "5", "--resume", "some_run", "--start_epoch", "2",
-    "--auto_resume", "--save_every_minutes", "30", "--grad_checkpointing", "--knn_every", "2",
+    "--auto_resume", "--save_every_minutes", "30", "--grad_checkpointing", "--knn_every", "2", "--jpeg_draft",
     "--in_chans", "4", "--mean", "0.1", "0.2", "--std", "0.3", "0.4", "--norm_stats", "auto",
     "--num_workers", "1", "--no_pin_mem", "--device", "cuda:1", "--seed", "7", "--dtype", "bfloat16", "--fast",
     "--compile", "--world_size", "2", "--local_rank", "0", "--dist_on_itp", "--dist_url", "tcp://host:1",

@@ -28,7 +28,8 @@ import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 
 from .collate import collate
-from .image_formats import ARRAY_EXTENSIONS, has_data_extension, in_own_modes
+from .image_formats import ARRAY_EXTENSIONS, has_data_extension, in_own_modes, uses_own_modes
+from .jpeg_draft import DraftResizedCrop, open_lazily
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -42,17 +43,19 @@ def _torchvision() -> Any:
     return torchvision
 
 
-def pretrain_transform(input_size: int) -> Callable[[Any], torch.Tensor]:
+def pretrain_transform(input_size: int, jpeg_draft: bool = False) -> Callable[[Any], torch.Tensor]:
     """The official augmentation: random resized crop (scale 0.2-1, bicubic), horizontal flip; uint8 [3, H, W].
 
     Departure: the image's stored integers (``PILToTensor``), not ``ToTensor`` + ``Normalize``: the trainer
     normalises the batch on the device (`normalize.DeviceNormalize`), bit-equal to the official tensors.
+    ``jpeg_draft``: the crop over an image not yet decoded (`jpeg_draft.DraftResizedCrop`, opt-in).
     """
     t = _torchvision().transforms
+    crop = DraftResizedCrop if jpeg_draft else t.RandomResizedCrop
     return t.Compose(
         [
             # MAE chỉ cần tăng cường dữ liệu nhẹ: việc che 75% patch đã là một dạng tăng cường mạnh (§4, Bảng 1e).
-            t.RandomResizedCrop(input_size, scale=(0.2, 1.0), interpolation=t.InterpolationMode.BICUBIC),
+            crop(input_size, scale=(0.2, 1.0), interpolation=t.InterpolationMode.BICUBIC),
             t.RandomHorizontalFlip(),
             t.PILToTensor(),
         ]
@@ -106,30 +109,39 @@ def data_root(data_path: str | Path) -> Path:
     return root
 
 
-def build_pretrain_dataset(data_path: str | Path, input_size: int, in_chans: int = 3) -> Any:
+def build_pretrain_dataset(data_path: str | Path, input_size: int, in_chans: int = 3, jpeg_draft: bool = False) -> Any:
     """The training images under ``data_path`` with the official augmentation, checked before any training.
 
     A map-style dataset of (image tensor, label) with ``samples``: an ``ImageFolder`` or an ``ImageFiles``.
     ``in_chans`` other than 3, or ``.npy`` files: read in their own mode (`image_formats.in_own_modes`).
+    ``jpeg_draft``: each image opened lazily and decoded by the crop at a reduced size (`jpeg_draft`; 8-bit
+    RGB data only: ValueError for data read in its own mode).
     """
     root = data_root(data_path)
     folder = _torchvision().datasets.folder
     is_image = folder.IMG_EXTENSIONS + ARRAY_EXTENSIONS
     class_dirs = [d for d in sorted(root.iterdir()) if d.is_dir()]
-    transform = pretrain_transform(input_size)
+    transform = pretrain_transform(input_size, jpeg_draft)
+    loader = open_lazily if jpeg_draft else load_rgb
     dataset: Any
     if any(f.is_file() and f.name.lower().endswith(is_image) for d in class_dirs for f in d.rglob("*")):
         dataset = folder.ImageFolder(
-            str(root), transform=transform, loader=load_rgb, is_valid_file=has_data_extension, allow_empty=True
+            str(root), transform=transform, loader=loader, is_valid_file=has_data_extension, allow_empty=True
         )
     else:
         files = sorted(f for f in root.iterdir() if f.is_file() and f.name.lower().endswith(is_image))
         dataset = ImageFiles(files, transform)
+        dataset.loader = loader
     if len(dataset) == 0:
         seen = sorted(p.name for p in root.iterdir())[:5]
         raise ValueError(
             f"{root} holds no images (looked for {', '.join(is_image)}, in it or in its sub-folders); "
             f"it has: {', '.join(seen)}"
+        )
+    if jpeg_draft and uses_own_modes(in_chans, [p for p, _ in dataset.samples]):
+        raise ValueError(
+            "--jpeg_draft decodes 8-bit RGB images (JPEGs at a reduced size); this data is read in its own mode "
+            "(--in_chans other than 3, or .npy arrays): leave out --jpeg_draft"
         )
     in_own_modes(dataset, in_chans)
     return dataset

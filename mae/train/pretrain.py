@@ -38,7 +38,7 @@ from torch.utils.data import DistributedSampler
 
 from .. import models
 from . import distributed, metrics
-from .data import build_loader, build_pretrain_dataset
+from .data import build_loader, build_pretrain_dataset, load_rgb
 from .engine_pretrain import NonFiniteLossError, train_one_epoch
 from .fast_path import apply_fast_path, mae_tokens
 from .flags import (
@@ -139,6 +139,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     flag(
         g, "data_path", required=True, help="a folder of images or of class folders (DATA/train is used when it exists)"
     )
+    flag(
+        g, "jpeg_draft", action="store_true",
+        help="decode each JPEG at 1/2, 1/4 or 1/8 of its size where its crop still covers --input_size (much "
+        "faster for large photographs; not bit-equal there; RGB data only)",
+    )  # fmt: skip
     flag(g, "output_dir", default="./output_dir", help="checkpoints and log.txt ('' for no saving)")
     add_log_flags(g)
     flag(
@@ -178,6 +183,11 @@ def check_arguments(args: argparse.Namespace) -> dict[str, Any]:
         models.create_model(
             args.model, **kwargs
         )  # the configuration's own checks (e.g. a size the patch does not divide)
+    if args.jpeg_draft and args.in_chans != 3:
+        raise ValueError(
+            f"--jpeg_draft decodes 8-bit RGB JPEGs; --in_chans {args.in_chans} data is read in its own mode: "
+            "leave out --jpeg_draft"
+        )
     if args.fast and args.device == "cpu" and args.dtype in ("auto", "float32"):
         warn_if_fast_path_gains_nothing()  # the linear layers' choice; the others: `fast_path`, said in "device:"
     refuse_earlier_run(args)
@@ -210,10 +220,11 @@ def train(
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
 
-    dataset = build_pretrain_dataset(args.data_path, args.input_size, args.in_chans)
+    dataset = build_pretrain_dataset(args.data_path, args.input_size, args.in_chans, args.jpeg_draft)
     if args.norm_stats == "auto":
         # Thống kê chuẩn hoá của chính dữ liệu, tính một lần trước khi học (mẫu cố định, float64, trước tăng cường).
-        args.mean, args.std = compute_stats([p for p, _ in dataset.samples], args.in_chans, dataset.loader)
+        read = load_rgb if args.jpeg_draft else dataset.loader  # --jpeg_draft's loader only opens: decode whole
+        args.mean, args.std = compute_stats([p for p, _ in dataset.samples], args.in_chans, read)
     loader = build_loader(
         dataset,
         batch_size=args.batch_size,
@@ -261,10 +272,11 @@ def train(
     c = model_without_ddp.config
     target = f"mask ratio {args.mask_ratio}, {'norm-pix' if c.norm_pix_loss else 'pixel'} target"
     say(dist, model_line(args.model, model_without_ddp, c.img_size, c.patch_size, target))
+    draft = "; JPEGs decoded at a reduced size where their crop allows (--jpeg_draft)" if args.jpeg_draft else ""
     say(
         dist,
         f"data: {len(dataset):,} images ({type(dataset).__name__}) under {args.data_path}; {steps} batches of "
-        f"{args.batch_size} per epoch per process",
+        f"{args.batch_size} per epoch per process{draft}",
     )
     say(
         dist,
