@@ -29,7 +29,6 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 
 from .collate import collate
 from .image_formats import ARRAY_EXTENSIONS, has_data_extension, in_own_modes, uses_own_modes
-from .jpeg_draft import DraftResizedCrop, open_lazily
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -51,6 +50,9 @@ def pretrain_transform(input_size: int, jpeg_draft: bool = False) -> Callable[[A
     ``jpeg_draft``: the crop over an image not yet decoded (`jpeg_draft.DraftResizedCrop`, opt-in).
     """
     t = _torchvision().transforms
+    if jpeg_draft:
+        from .jpeg_draft import DraftResizedCrop  # torchvision's subclass: imported with torchvision, when used
+
     crop = DraftResizedCrop if jpeg_draft else t.RandomResizedCrop
     return t.Compose(
         [
@@ -122,7 +124,11 @@ def build_pretrain_dataset(data_path: str | Path, input_size: int, in_chans: int
     is_image = folder.IMG_EXTENSIONS + ARRAY_EXTENSIONS
     class_dirs = [d for d in sorted(root.iterdir()) if d.is_dir()]
     transform = pretrain_transform(input_size, jpeg_draft)
-    loader = open_lazily if jpeg_draft else load_rgb
+    loader = load_rgb
+    if jpeg_draft:
+        from .jpeg_draft import open_lazily
+
+        loader = open_lazily
     dataset: Any
     if any(f.is_file() and f.name.lower().endswith(is_image) for d in class_dirs for f in d.rglob("*")):
         dataset = folder.ImageFolder(
