@@ -8,7 +8,7 @@ only while it is imported and built:
 - numpy removed the alias `np.float` (used by `util/pos_embed.py`): it is set to the builtin `float`,
   which is what it always meant.
 
-`run_official_pretrain` runs the official `main_pretrain.main` itself, with six more shims, applied
+`run_official_pretrain` runs the official `main_pretrain.main` itself, with seven more shims, applied
 only while it runs and undone after: it asserts `timm.__version__ == "0.3.2"` (the version is shown as
 that); it imports `torch._six.inf` (a stand-in module gives `math.inf`) and
 `timm.optim.optim_factory.add_weight_decay` (now `param_groups_weight_decay`, the same groups); it
@@ -16,8 +16,10 @@ calls `torch.cuda.synchronize()` after every step (a no-op on a machine without 
 tensorboard's `SummaryWriter` (a stand-in that records nothing, where tensorboard is not installed);
 its resume calls `torch.load` with the current default `weights_only=True`, which refuses the
 `argparse.Namespace` its own checkpoints hold (allowed while it runs); and it replaces `builtins.print`
-(restored after). `training_shims()` applies them all for other official training code, e.g. the
-`engine_pretrain` module that `official_engine()` returns.
+(restored after); and timm's RandAugment posterize keeps 0 bits at its top magnitude, which current
+Pillow refuses: while the official code runs, it returns the black image Pillow gave in 2022 (about one
+fine-tuning image in 500 otherwise stopped its run). `training_shims()` applies them all for other
+official training code, e.g. the `engine_pretrain` module that `official_engine()` returns.
 
 `run_official_finetune` and `run_official_linprobe` run `main_finetune.main` and `main_linprobe.main` the
 same way, with OUR classifier (`mae.classifier.VisionTransformer`, the official keys and initialisation)
@@ -112,6 +114,7 @@ def _training_shims() -> Iterator[None]:
     import math
 
     import timm
+    import timm.data.auto_augment as auto_augment
     import timm.optim
     import torch  # a local name: `import torch.utils.tensorboard` below binds it in this function
     import torchvision.transforms.functional as tvf
@@ -139,6 +142,12 @@ def _training_shims() -> Iterator[None]:
         had_image_size = hasattr(tvf, "_get_image_size")  # the official crop's name for get_image_size
         if not had_image_size:
             tvf._get_image_size = tvf.get_image_size
+        # RandAugment's posterize at its top magnitude keeps 0 bits: Pillow >= 10 refuses that, the Pillow of
+        # 2022 returned a black image (the official runs' behaviour; ours: `mae.train.augment`).
+        saved_ops = dict(auto_augment.NAME_TO_OP)
+        for name, op in saved_ops.items():
+            if op is auto_augment.posterize:
+                auto_augment.NAME_TO_OP[name] = _posterize_as_in_2022
         if not torch.cuda.is_available():
             torch.cuda.synchronize = lambda device=None: None
             # torch.cuda.amp.autocast() / GradScaler() on a machine without CUDA: disabled, as expected here.
@@ -148,6 +157,8 @@ def _training_shims() -> Iterator[None]:
             with torch.serialization.safe_globals([argparse.Namespace]):
                 yield
         finally:
+            auto_augment.NAME_TO_OP.clear()
+            auto_augment.NAME_TO_OP.update(saved_ops)
             timm.__version__ = saved_version
             builtins.print = saved_print
             torch.cuda.synchronize = saved_sync
@@ -161,6 +172,17 @@ def _training_shims() -> Iterator[None]:
                     sys.modules.pop(name, None)
                 else:
                     sys.modules[name] = module
+
+
+def _posterize_as_in_2022(img: Any, bits_to_keep: int, **_: Any) -> Any:
+    """timm's posterize with the Pillow the official runs had: 0 bits kept gives a black image."""
+    from PIL import Image, ImageOps
+
+    if bits_to_keep >= 8:
+        return img
+    if bits_to_keep <= 0:
+        return Image.new(img.mode, img.size)
+    return ImageOps.posterize(img, bits_to_keep)
 
 
 class _NullSummaryWriter:
