@@ -4,7 +4,6 @@ the DDP-wrapped model (`module.` keys) loads back through `load_pretrained`."""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
@@ -15,7 +14,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 import mae
-from helpers import free_port, small_config
+from helpers import free_port, gloo_group, small_config
 
 WORLD = 2
 BATCH = 4  # global batch, split evenly between the ranks
@@ -41,10 +40,7 @@ def gradients(model: nn.Module) -> dict[str, torch.Tensor]:
 
 
 def worker(rank: int, port: int, folder: str) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", rank=rank, world_size=WORLD)
-    try:
+    with gloo_group(rank, port, WORLD):
         batch = torch.load(Path(folder) / "batch.pt", weights_only=True)
         per_rank = BATCH // WORLD
         rows = slice(rank * per_rank, (rank + 1) * per_rank)
@@ -54,8 +50,6 @@ def worker(rank: int, port: int, folder: str) -> None:
             if rank == 0:
                 torch.save(gradients(ddp.module), Path(folder) / f"{kind}_grads.pt")
                 torch.save({"model": ddp.state_dict()}, Path(folder) / f"{kind}_ddp.pth")
-    finally:
-        dist.destroy_process_group()
 
 
 @pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(), reason="torch built without gloo")

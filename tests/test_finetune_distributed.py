@@ -59,7 +59,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import TensorDataset
 from train_helpers import TINY_CLASSIFIER_ARGS, make_image_folder, one_thread, run_quietly
 
-from helpers import free_port, small_config
+from helpers import free_port, gloo_group, small_config
 from mae.classifier import VisionTransformer, param_groups_lrd
 from mae.train.data import build_eval_loader
 from mae.train.distributed import Dist
@@ -270,10 +270,7 @@ def training_data() -> dict[str, Tensor]:
 
 
 def worker(rank: int, port: int, folder: str) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", rank=rank, world_size=WORLD)
-    try:
+    with gloo_group(rank, port, WORLD):
         data = torch.load(Path(folder) / "data.pt", weights_only=True)
         dist_ = Dist(rank=rank, world_size=WORLD)
         result = {
@@ -283,8 +280,6 @@ def worker(rank: int, port: int, folder: str) -> None:
             "evaluate_all": [run_evaluate(data, batch, dist_, shared=False) for batch in EVAL_BATCHES],
         }
         torch.save(result, Path(folder) / f"rank{rank}.pt")
-    finally:
-        dist.destroy_process_group()
 
 
 @pytest.fixture(scope="module")

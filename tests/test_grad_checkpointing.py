@@ -18,7 +18,6 @@ the switch silently does nothing (lightly #2054: timm checkpointing without effe
 
 from __future__ import annotations
 
-import os
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -34,7 +33,7 @@ from torch.nn.parallel import DistributedDataParallel
 from train_helpers import TINY_CLASSIFIER_ARGS, load_checkpoint, make_image_folder, one_thread, pretrain
 
 import mae
-from helpers import free_port, small_config
+from helpers import free_port, gloo_group, small_config
 from mae.classifier import VisionTransformer, param_groups_lrd
 from mae.encoder import MAEEncoder
 from mae.train import auto_resume, engine_finetune, engine_pretrain
@@ -238,10 +237,7 @@ def _same(a: Any, b: Any) -> bool:
 
 
 def worker(rank: int, port: int, folder: str) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", rank=rank, world_size=WORLD)
-    try:
+    with gloo_group(rank, port, WORLD):
         data = torch.load(Path(folder) / "data.pt", weights_only=True)
         dist_ = Dist(rank=rank, world_size=WORLD)
         result = {}
@@ -250,8 +246,6 @@ def worker(rank: int, port: int, folder: str) -> None:
                 steps, calls = train_steps(kind, checkpointed, data, torch.float32, dist_)
                 result[f"{kind}.{checkpointed}"] = {"steps": steps, "calls": dict(calls)}
         torch.save(result, Path(folder) / f"rank{rank}.pt")
-    finally:
-        dist.destroy_process_group()
 
 
 @pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(), reason="torch built without gloo")

@@ -42,7 +42,7 @@ from torch.nn.parallel import DistributedDataParallel
 from train_helpers import FixedNoise, make_image_folder
 
 import mae
-from helpers import free_port, small_config
+from helpers import free_port, gloo_group, small_config
 from mae.train.data import IMAGENET_MEAN, IMAGENET_STD, build_loader, build_pretrain_dataset
 from mae.train.distributed import Dist
 from mae.train.engine_pretrain import train_one_epoch
@@ -176,18 +176,13 @@ def train(
 
 
 def worker(rank: int, port: int, folder: str) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", rank=rank, world_size=WORLD)
-    try:
+    with gloo_group(rank, port, WORLD):
         data = torch.load(Path(folder) / "data.pt", weights_only=True)
         rows = slice(rank * HALF, (rank + 1) * HALF)
         figures: list[dict[str, float]] = []
         snapshots = train(data, rows, Dist(rank=rank, world_size=WORLD), figures)
         torch.save(snapshots, Path(folder) / f"rank{rank}.pt")
         torch.save(figures, Path(folder) / f"figures{rank}.pt")
-    finally:
-        dist.destroy_process_group()
 
 
 def assert_close(actual: Tensor, expected: Tensor, what: str) -> None:
