@@ -77,7 +77,14 @@ from .precision import (
 )
 from .preemption import Preemption
 from .run_checkpoint import read_run_checkpoint, resolve_resume, save_atomic
-from .run_lines import batch_line, device_line, effective_batch, model_line, nothing_to_train
+from .run_lines import (
+    batch_line,
+    device_line,
+    effective_batch,
+    model_line,
+    nothing_to_train,
+    trained_parameter_count,
+)
 from .runs import (
     interrupted_epoch,
     last_checkpoint_hint,
@@ -450,7 +457,7 @@ def train(args: argparse.Namespace, recipe: Recipe, dist: distributed.Dist, sink
     notes = recipe.prepare_model(args, model_without_ddp)
     model_without_ddp.to(device)
     model: nn.Module = model_without_ddp
-    n_parameters = sum(p.numel() for p in model_without_ddp.parameters() if p.requires_grad)  # log.txt's figure
+    n_parameters = trained_parameter_count(model_without_ddp)  # log.txt's figure
     if args.lr is None:
         args.lr = base_learning_rate(args.blr, effective_batch(args.batch_size, args.accum_iter, dist.world_size))
     if dist.enabled:

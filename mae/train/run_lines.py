@@ -20,9 +20,14 @@ def effective_batch(batch_size: int, accum_iter: int, world_size: int) -> int:
     return batch_size * accum_iter * world_size
 
 
+def trained_parameter_count(model: nn.Module) -> int:
+    """The number of parameters that require gradients (the official log's ``n_parameters``)."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
 def trained_parameters(model: nn.Module) -> str:
-    """``"86.2M"``, or the exact count below a million: the parameters that require gradients."""
-    n = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    """``"86.2M"``, or the exact count below a million: `trained_parameter_count`, for the model line."""
+    n = trained_parameter_count(model)
     return f"{n / 1e6:.1f}M" if n >= 1e6 else f"{n:,}"
 
 
