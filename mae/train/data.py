@@ -28,7 +28,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 
 from .collate import collate
-from .image_formats import ARRAY_EXTENSIONS, has_data_extension, in_own_modes, uses_own_modes
+from .image_formats import ARRAY_EXTENSIONS, has_data_extension, in_own_modes, unreadable, uses_own_modes
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -78,7 +78,7 @@ def load_rgb(path: str) -> Any:
             img.load()
             return img if img.mode == "RGB" else img.convert("RGB")
     except (OSError, UnidentifiedImageError, ValueError) as e:
-        raise ValueError(f"cannot read image {path}: {e}. Remove or replace the file.") from None
+        raise unreadable(path, e) from None
 
 
 class ImageFiles(Dataset[tuple[Any, int]]):

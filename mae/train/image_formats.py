@@ -47,6 +47,11 @@ CHECK_ALL_UP_TO = 50_000  # larger sets have a seeded 1,000 checked up front; th
 CHECKED_SAMPLE = 1000
 
 
+def unreadable(path: str | Path, error: BaseException, kind: str = "image") -> ValueError:
+    """The error for a file that cannot be read: it names the file and the reason, and says what to do."""
+    return ValueError(f"cannot read {kind} {path}: {error}. Remove or replace the file.")
+
+
 @dataclass(frozen=True)
 class Stored:
     """What a file's header says: its channels and a short description of its mode."""
@@ -79,7 +84,7 @@ def probe(path: str | Path) -> Stored:
         try:
             array = np.load(path, mmap_mode="r", allow_pickle=False)  # only the header is read
         except (OSError, ValueError) as e:
-            raise ValueError(f"cannot read array {path}: {e}. Remove or replace the file.") from None
+            raise unreadable(path, e, "array") from None
         shape = tuple(int(n) for n in array.shape)
         channels = 1 if len(shape) == 2 else min(shape[0], shape[-1]) if len(shape) == 3 else 0
         return Stored(channels, f"npy {array.dtype} {shape}", shape)
@@ -89,7 +94,7 @@ def probe(path: str | Path) -> Stored:
         with Image.open(path) as img:
             return Stored(len(img.getbands()), img.mode)
     except (OSError, UnidentifiedImageError) as e:
-        raise ValueError(f"cannot read image {path}: {e}. Remove or replace the file.") from None
+        raise unreadable(path, e) from None
 
 
 def mismatch(path: str | Path, stored: Stored, in_chans: int) -> str | None:
@@ -138,7 +143,7 @@ def _read_array(path: str, in_chans: int) -> Tensor:
     try:
         array = np.load(path, allow_pickle=False)
     except (OSError, ValueError) as e:
-        raise ValueError(f"cannot read array {path}: {e}. Remove or replace the file.") from None
+        raise unreadable(path, e, "array") from None
     layout = _array_layout(array.shape, in_chans)
     if layout is None:
         raise ValueError(f"{path} has shape {array.shape}, not {in_chans} channel(s): pass --in_chans to match")
@@ -170,7 +175,7 @@ def read_image(path: str, in_chans: int) -> Any:
             img = Image.open(f)
             img.load()
     except (OSError, UnidentifiedImageError, ValueError) as e:
-        raise ValueError(f"cannot read image {path}: {e}. Remove or replace the file.") from None
+        raise unreadable(path, e) from None
     problem = mismatch(path, Stored(len(img.getbands()), img.mode), in_chans)
     if problem is not None:
         raise ValueError(problem)

@@ -24,6 +24,8 @@ from typing import Any
 from torchvision import transforms as T
 from torchvision.transforms import functional as F
 
+from .image_formats import unreadable
+
 REDUCTIONS = (8, 4, 2)  # the DCT scalings libjpeg offers, largest first
 # The reduced crop keeps at least this many times the output's pixels on each side, so that the bicubic resize
 # still does most of the shrinking: Pillow's own margin for reducing on decode (``Image.thumbnail``'s
@@ -49,7 +51,7 @@ def open_lazily(path: str) -> Any:
     try:
         return Image.open(path)
     except (OSError, UnidentifiedImageError, ValueError) as e:
-        raise ValueError(f"cannot read image {path}: {e}. Remove or replace the file.") from None
+        raise unreadable(path, e) from None
 
 
 def decode_for_crop(image: Any, box: tuple[int, int, int, int], output: int) -> tuple[Any, int]:
@@ -63,7 +65,7 @@ def decode_for_crop(image: Any, box: tuple[int, int, int, int], output: int) -> 
     try:
         image.load()
     except (OSError, ValueError) as e:
-        raise ValueError(f"cannot read image {image.filename}: {e}. Remove or replace the file.") from None
+        raise unreadable(image.filename, e) from None
     return (image if image.mode == "RGB" else image.convert("RGB")), r
 
 
