@@ -164,16 +164,29 @@ def reduced_precision_warning(
     if not cost.slower:
         return None
     name, native = dtype_name(dtype), " or ".join(NATIVE[dtype])
-    why = (
-        f"this CPU has no {native}, so PyTorch emulates {name} products"
-        if cpu_has_native(dtype) is False
-        else f"{name} products are slow on this CPU"
-    )
+    if cpu_has_native(dtype) is False:
+        why = f"this CPU has no {native}, so PyTorch emulates {name} products"
+        advice = f"Use {option} float32 here; {name} pays off on CPUs with {native}, or on a GPU."
+    else:  # the instructions are there, yet PyTorch's products in this precision ran slower here
+        has = " and ".join(sorted((cpu_flags() or frozenset()) & set(NATIVE[dtype]))) or native
+        why = f"{name} products are slow on this CPU, although it has {has}"
+        advice = f"Use {option} float32 here" + _instead(dtype, option) + "."
     return (
         f"{option} {name} on this CPU will be slower than float32, not faster: {why}. Measured just now: "
-        f"{cost.describe()}. Instruction sets: {instruction_sets()}. Use {option} float32 here; {name} pays off "
-        f"on CPUs with {native}, or on a GPU."
+        f"{cost.describe()}. Instruction sets: {instruction_sets()}. {advice}"
     )
+
+
+def _instead(dtype: torch.dtype, option: str) -> str:
+    """The other reduced precision, where its products run faster than float32's here (measured), as advice."""
+    other = torch.bfloat16 if dtype == torch.float16 else torch.float16
+    if not cpu_has_native(other):
+        return ""
+    cost = measure_product_cost(other)
+    if max(cost.forward_ratio, cost.backward_ratio or 0.0) >= 1.0:
+        return ""
+    speed = 1 / max(cost.forward_ratio, cost.backward_ratio or 0.0)
+    return f", or {option} {dtype_name(other)}: its products ran at {speed:.1f}x float32's speed here"
 
 
 def warn_if_reduced_precision_is_slow(
