@@ -39,6 +39,10 @@ FAST_VARIANTS = {
     "bf16_fast": "ours --fast --dtype bfloat16 (attention as timed here, patch embedding as a product, fused AdamW)",
     "fast_adamw": "ours --fast, float32 (oneDNN per shape, attention as timed here, fused AdamW)",
 }
+# The pre-training benchmark's float16 route (`--fast --dtype float16`: the GPU recipe's precision, fast).
+FP16_VARIANTS = {
+    "fp16_fast": "ours --fast --dtype float16 (attention as chosen here, fused AdamW; loss scaling)",
+}
 
 
 def attentions(model: nn.Module) -> list[Attention]:
@@ -66,7 +70,7 @@ def fast_route(
 def route_of(
     name: str, model: nn.Module, device: torch.device, batch: int, tokens: Mapping[str, int]
 ) -> tuple[Route, FastPath | None]:
-    """The Route of one of FAST_VARIANTS (and `--fast`'s plan, where it takes it)."""
+    """The Route of one of FAST_VARIANTS or FP16_VARIANTS (and `--fast`'s plan, where it takes it)."""
     written = tuple(True for _ in attentions(model))
     if name == "bf16_attn":
         return Route(torch.bfloat16, written_attention=written), None
@@ -76,6 +80,8 @@ def route_of(
         return fast_route(model, device, torch.bfloat16, batch, tokens)
     if name == "fast_adamw":
         return fast_route(model, device, torch.float32, batch, tokens)
+    if name == "fp16_fast":
+        return fast_route(model, device, torch.float16, batch, tokens)
     raise ValueError(f"not a fast-path variant: {name!r}")
 
 

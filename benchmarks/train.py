@@ -8,6 +8,8 @@ medians are reported:
 - "fast": the same, after `mae.set_onednn_linear(model, True)` (`mae pretrain --fast`; float32 CPU only: each
   product shape, forward and backward, by MKL or oneDNN, whichever timed faster here at its first use);
 - "bf16": the same under `mae.train.precision.autocast(device, torch.bfloat16)` (`--dtype bfloat16`);
+- "fp16": the same under float16 autocast with a `GradScaler` on the device's type (`--dtype float16`, the
+  official GPU recipe's precision), and "fp16_fast" (`--fast --dtype float16`);
 - `--fast`'s other choices (`mae/train/fast_path.py`, `benchmarks/routes.py`), one at a time and together:
   "bf16_attn" (bf16 + the written-out attention everywhere), "bf16_adamw" (bf16 + fused AdamW), "bf16_fast"
   (`--fast --dtype bfloat16`: the attention kernel as timed here, the patch embedding as a product, fused
@@ -20,7 +22,10 @@ medians are reported:
   (`--fast --compile`, with and without `--dtype bfloat16`), which keeps a graph for each route;
 - "official" (with $MAE_OFFICIAL_REPO): the official `engine_pretrain.train_one_epoch` with the official
   model, its AdamW groups and its `NativeScalerWithGradNormCount`, run under the shims of
-  `reference.official` (applied only while the official code runs).
+  `reference.official` (applied only while the official code runs): float32 on the CPU (its
+  `torch.cuda.amp.autocast` is off there), float16 autocast on CUDA.
+Without --variants, every variant runs on the CPU but fp16_fast; on CUDA, `CUDA_VARIANTS` (the precisions a GPU
+run takes; the report then holds issue 17's GPU goal, ours >= 1.3x the official engine in float16 and in bf16).
 Our four variants share one model and one optimizer (the fast path only switches the class of each
 `nn.Linear` for its own calls); the official engine has its own model, with the same weights.
 
@@ -41,8 +46,8 @@ what they allow (`benchmarks/host.py`), e.g. on a CPU whose oneDNN products are 
 must not be slower than the default path, and where bf16 products are emulated, `mae` must warn.
 
     python -m benchmarks train [--model base] [--batch 8] [--rounds 5] [--steps 1]
-                               [--variants ours,fast,bf16,bf16_attn,bf16_adamw,bf16_fast,fast_adamw,compile,
-                                           bf16_fast_compile,fast_compile,official]
+                               [--variants ours,fast,bf16,fp16,bf16_attn,bf16_adamw,bf16_fast,fast_adamw,
+                                           fp16_fast,compile,bf16_fast_compile,fast_compile,official]
                                [--curve-model small]
                                [--curve-steps 20] [--device cpu|cuda] [--repeat-slow] [--json FILE]
 """
@@ -98,7 +103,9 @@ LABELS = {
     "ours": "ours, float32 (default path)",
     "fast": "ours, oneDNN linear layers only (MKL or oneDNN per product shape, float32)",
     "bf16": "ours, bf16 autocast",
+    "fp16": "ours, float16 autocast + loss scaling (`--dtype float16`)",
     **routes.FAST_VARIANTS,
+    **routes.FP16_VARIANTS,
     "compile": "ours, torch.compile (float32)",
     **COMPILED_LABELS,
     "official": "official engine (float32 on the CPU)",
@@ -107,6 +114,11 @@ LABELS = {
 GOALS = {"fast": 1.8, "bf16": 3.0, "best_bf16": 3.0, "best_float32": 1.2, "curve": 0.02}
 FLOAT32 = ("ours", "fast", "fast_adamw", "compile", "fast_compile")  # our float32 variants
 BF16 = ("bf16", "bf16_attn", "bf16_adamw", "bf16_fast", "bf16_fast_compile")
+FP16 = ("fp16", "fp16_fast")  # the official GPU recipe's precision (the official engine's on CUDA)
+# The variants run when --variants is not given. On CUDA: the precisions and routes a GPU run takes (the official
+# engine runs float16 autocast there); the CPU-only routes (oneDNN, the written-out attention everywhere) stay out.
+CUDA_VARIANTS = ("ours", "fp16", "fp16_fast", "bf16", "bf16_fast", "official")
+CUDA_GOAL = 1.3  # issue 17: ours / the official engine on the same GPU, images/s, in float16 and in bf16
 # float32 with --fast's choices against the default float32: the same float32 arithmetic in another order; after the
 # curve's few steps its loss moves by chaos-amplified rounding only, far below bf16's (GOALS["curve"]).
 FLOAT32_CURVE = 1e-3
@@ -345,7 +357,7 @@ def bench_steps(args: argparse.Namespace, device: torch.device) -> dict[str, Any
     plans = {}
     compiled: Any = None  # one torch.compile wrapper for the compiled variants (it keeps a graph per route)
     for name in args.variants:
-        if name in routes.FAST_VARIANTS or name in COMPILED:
+        if name in routes.FAST_VARIANTS or name in routes.FP16_VARIANTS or name in COMPILED:
             route, plan = routes.route_of(COMPILED.get(name, name), model, device, args.batch, tokens)
             if plan is not None:
                 plans[name] = plan.describe().removeprefix("; --fast: ")
@@ -360,6 +372,8 @@ def bench_steps(args: argparse.Namespace, device: torch.device) -> dict[str, Any
             functions[name] = ours_call(model, model, optimizer, schedule, loader, device, fast=True)
         elif name == "bf16":
             functions[name] = ours_call(model, model, optimizer, schedule, loader, device, dtype=torch.bfloat16)
+        elif name == "fp16":
+            functions[name] = ours_call(model, model, optimizer, schedule, loader, device, dtype=torch.float16)
         elif name == "compile":
             compiled = torch.compile(model) if compiled is None else compiled
             functions[name] = ours_call(model, compiled, optimizer, schedule, loader, device)
@@ -456,7 +470,8 @@ def loss_curves(args: argparse.Namespace, device: torch.device) -> dict[str, Any
     steps = args.curve_steps
     schedule = CosineSchedule(CURVE_LR, 0.0, 0.25, 1)  # one epoch of `steps` iterations
     curves: dict[str, list[float]] = {}
-    wanted = ["ours"] + [n for n in ("fast", "bf16", *routes.FAST_VARIANTS, "official") if n in args.variants]
+    others = ("fast", "bf16", "fp16", *routes.FAST_VARIANTS, *routes.FP16_VARIANTS, "official")
+    wanted = ["ours"] + [n for n in others if n in args.variants]
     for name in wanted:
         torch.manual_seed(0)
         model = build_ours(args.curve_model).to(device)
@@ -470,8 +485,9 @@ def loss_curves(args: argparse.Namespace, device: torch.device) -> dict[str, Any
         else:
             model.register_forward_hook(_recorder(losses))
             optimizer = build_adamw(model, CURVE_LR, WEIGHT_DECAY)
-            route = routes.Route(dtype=torch.bfloat16 if name == "bf16" else torch.float32, onednn=name == "fast")
-            if name in routes.FAST_VARIANTS:
+            dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(name, torch.float32)
+            route = routes.Route(dtype=dtype, onednn=name == "fast")
+            if name in routes.FAST_VARIANTS or name in routes.FP16_VARIANTS:
                 tokens = mae_tokens(model.patch_embed.num_patches, MASK_RATIO)
                 route, _ = routes.route_of(name, model, device, args.batch, tokens)
                 set_fused_adamw(optimizer, route.fused_adamw)
@@ -502,6 +518,8 @@ def ceilings(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
         found["gemm"] = {name.removeprefix("gemm "): 2 * size**3 / s / 1e9 for name, s in seconds.items()}
     if set(BF16) & set(args.variants):
         found["bf16"] = host.precision_ceiling(torch.bfloat16, device, training=True)
+    if set(FP16) & set(args.variants):
+        found["fp16"] = host.precision_ceiling(torch.float16, device, training=True)
     return found
 
 
@@ -520,14 +538,12 @@ def goals(results: dict[str, Any]) -> list[str]:
     ours = rows.get("ours", {}).get("images_per_s")
     noise = host.noise_floor([ours / official] if ours and official else [])  # the same kernels: their spread
     lines = []
-    if ratio is not None:
-        lines += [
-            f"This host's ceilings: oneDNN's float32 product {gemm['oneDNN']:.0f} GFLOP/s, the default's "
-            f"{gemm['default']:.0f} ({ratio:.2f}x)" + (f"; bf16: {found['bf16']['detail']}" if "bf16" in found else ""),
-            "",
-        ]
-    elif "bf16" in found:
-        lines += [f"This host's ceilings: bf16: {found['bf16']['detail']}", ""]
+    parts = [f"oneDNN's float32 product {gemm['oneDNN']:.0f} GFLOP/s, the default's {gemm['default']:.0f} "
+             f"({ratio:.2f}x)"] if ratio is not None else []  # fmt: skip
+    names = {"bf16": "bf16", "fp16": "float16"}
+    parts += [f"{name}: {found[key]['detail']}" for key, name in names.items() if key in found]
+    if parts:
+        lines += ["This host's ceilings: " + "; ".join(parts), ""]
     if ours and official:
         lines += [
             f"Noise: our default path and the official engine (the same kernels) differed by "
@@ -581,14 +597,50 @@ def goals(results: dict[str, Any]) -> list[str]:
         )
     else:
         lines.append(f"| {goal} | <= {GOALS['curve']:g} | not measured (bf16 not run) | - |")
-    for name in routes.FAST_VARIANTS:
+    for name in (*routes.FAST_VARIANTS, *FP16):
         if curve and name in curve["max_rel_diff"]:
             gap = curve["max_rel_diff"][name]
-            bound = GOALS["curve"] if name.startswith("bf16") else FLOAT32_CURVE
+            bound = GOALS["curve"] if name in BF16 or name in FP16 else FLOAT32_CURVE
             lines.append(
                 f"| {name} loss within {bound:g} of float32's at every step | <= {bound:g} | {gap:.1e} | "
                 f"{'met' if gap <= bound else 'missed'} |"
             )
+    return lines
+
+
+def cuda_goals(results: dict[str, Any]) -> list[str]:
+    """Issue 17's goals on a GPU: ours against the official engine on the same GPU (float16 autocast and its loss
+    scaler there; it also computes the gradient norm and synchronises every step) >= CUDA_GOAL images/s, in
+    float16 (like for like: our default path, and our best float16 route) and in bf16; each reduced precision's
+    loss curve within GOALS["curve"] of float32's; peak memory beside the official engine's."""
+    rows, curve = results["steps"]["rows"], results.get("curve") or {}
+    official = rows.get("official", {}).get("images_per_s")
+    lines = ["| goal | bound | measured | verdict |", "|---|---|---|---|"]
+    picks = [("float16 default-path", "fp16" if "fp16" in rows else None), ("best float16", best_of(rows, FP16)),
+             ("best bf16", best_of(rows, BF16))]  # fmt: skip
+    for kind, name in picks:
+        if kind == "best float16" and name == "fp16":
+            continue  # the row above
+        goal = f"{kind} step ({name or '-'}) / the official engine (float16, same GPU), images/s (issue 17)"
+        value = rows[name]["images_per_s"] / official if name and official else None
+        if value is not None:
+            measured, verdict = f"{value:.2f}x", "met" if round(value, 2) >= CUDA_GOAL else "missed"
+        else:
+            measured = "not measured: MAE_OFFICIAL_REPO unset" if name else f"not measured (no {kind} variant run)"
+            verdict = "-"
+        lines.append(f"| {goal} | >= {CUDA_GOAL:g}x | {measured} | {verdict} |")
+    for name in (*FP16, *BF16):
+        gap = curve.get("max_rel_diff", {}).get(name)
+        if gap is not None:
+            verdict = "met" if gap <= GOALS["curve"] else "missed"
+            lines.append(
+                f"| {name} loss within {100 * GOALS['curve']:g} % of float32 at every step ({curve['steps']} steps, "
+                f"{curve['model']} model) | <= {GOALS['curve']:g} | {gap:.1e} | {verdict} |"
+            )
+    peaks = {n: rows[n]["peak_growth_bytes"] for n in ("official", *FP16, *BF16) if n in rows}
+    if peaks.get("official"):
+        said = ", ".join(f"{n} {p / 1e9:.3g} GB ({p / peaks['official']:.2f}x)" for n, p in peaks.items() if p)
+        lines += ["", f"Peak CUDA memory growth per call, against the official engine's: {said}."]
     return lines
 
 
@@ -635,6 +687,9 @@ def contributions(rows: dict[str, Any]) -> str | None:
         ("torch.compile over --fast in bf16", "bf16_fast_compile", "bf16_fast"),
         ("torch.compile over --fast in float32", "fast_compile", "fast_adamw"),
         ("torch.compile in float32", "compile", "ours"),
+        ("float16 over float32", "fp16", "ours"),
+        ("--fast in float16", "fp16_fast", "fp16"),
+        ("bf16 over float16", "bf16", "fp16"),
     ]
     found = [
         f"{what} {rows[a]['images_per_s'] / rows[b]['images_per_s']:.2f}x ({a} / {b})"
@@ -721,6 +776,9 @@ def report(results: dict[str, Any]) -> str:
             f"{ref[0]:.4f} -> {ref[-1]:.4f}; largest relative difference from float32 at any step: {gaps}."
         )
     extra += products_lines(results)
+    if results["device"].startswith("cuda"):
+        labels = {**LABELS, "official": "official engine (float16 autocast on CUDA)"}
+        return steps_report(results, labels, setup, cuda_goals(results), extra)
     return steps_report(results, LABELS, setup, goals(results), extra)
 
 
@@ -743,10 +801,20 @@ def start(args: argparse.Namespace, tag: str) -> tuple[torch.device, dict[str, A
         print(f"[{tag}] {note}", file=sys.stderr)
     if set(BF16) & set(args.variants):
         warn_if_reduced_precision_is_slow(torch.bfloat16, device, "--dtype", training=True)
+    if set(FP16) & set(args.variants):
+        warn_if_reduced_precision_is_slow(torch.float16, device, "--dtype", training=True)
     results: dict[str, Any] = {"host": host.describe(device), "device": str(device), "notes": notes,
                                "args": {k: v for k, v in vars(args).items() if k != "json"}}  # fmt: skip
     print(f"[{tag}] {results['host']}", file=sys.stderr)
     return device, results
+
+
+def default_variants(device: torch.device) -> list[str]:
+    """Every variant on the CPU but `--fast` in float16 (float16 is the GPU recipe's precision; on the CPU its
+    default path shows what it costs); CUDA_VARIANTS on a GPU."""
+    if device.type == "cuda":
+        return list(CUDA_VARIANTS)
+    return [name for name in LABELS if name not in routes.FP16_VARIANTS]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -755,13 +823,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--steps", type=int, default=1, help="training steps per timed call")
-    parser.add_argument("--variants", default=",".join(LABELS), type=lambda s: s.split(","))
+    parser.add_argument("--variants", type=lambda s: s.split(","), help="default: default_variants(--device)")
     parser.add_argument("--curve-model", choices=[*VARIANTS, *SMALL], default="small")
     parser.add_argument("--curve-steps", type=int, default=20, help="0: no loss curve")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--repeat-slow", action="store_true", help=f"time variants > {SLOW_FACTOR:g}x slower too")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
+    args.variants = args.variants or default_variants(torch.device(args.device))
     unknown = set(args.variants) - set(LABELS)
     if unknown:
         parser.error(f"unknown variants {sorted(unknown)}; valid: {', '.join(LABELS)}")
