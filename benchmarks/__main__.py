@@ -1,5 +1,5 @@
-"""`python -m benchmarks [forward|load|train|finetune|memory|data|features|all] ...`: run a benchmark (see
-benchmarks/README.md).
+"""`python -m benchmarks [forward|load|train|finetune|memory|data|features|pretrain_run|cuda_check|all] ...`:
+run a benchmark (see benchmarks/README.md).
 
 Without a name, `all`: the forward benchmark, then the load benchmark, each with its defaults (`train`
 and `finetune` take about 7 and 15 minutes more on 2 cores, and `memory` (gradient checkpointing) some
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import sys
 
-from . import data, features, finetune, forward, load, memory, train
+from . import cuda_check, data, features, finetune, forward, load, memory, pretrain_run, train
 
 
 def run_all(argv: list[str]) -> int:
@@ -21,7 +21,8 @@ def run_all(argv: list[str]) -> int:
 
 COMMANDS = {
     "forward": forward.main, "load": load.main, "train": train.main, "finetune": finetune.main,
-    "memory": memory.main, "data": data.main, "features": features.main, "all": run_all,
+    "memory": memory.main, "data": data.main, "features": features.main, "pretrain_run": pretrain_run.main,
+    "cuda_check": cuda_check.main, "all": run_all,
 }  # fmt: skip
 
 if __name__ == "__main__":
