@@ -98,9 +98,13 @@ def precision_ceiling(dtype: torch.dtype, device: torch.device, *, training: boo
     if device.type != "cpu":
         return {"speedup": None, "warned": False, "detail": "GPU: native reduced precision assumed"}
     cost = cpu.measure_product_cost(dtype, backward=training)
-    slowest = max(cost.forward_ratio, cost.backward_ratio or 0.0)
     warning = cpu.reduced_precision_warning(dtype, device, training=training)
-    return {"speedup": 1 / slowest, "warned": warning is not None, "slower": cost.slower, "detail": cost.describe()}
+    return {
+        "speedup": 1 / cost.slowest_ratio,
+        "warned": warning is not None,
+        "slower": cost.slower,
+        "detail": cost.describe(),
+    }
 
 
 def warning_is_the_goal(ceiling: dict[str, Any] | None) -> bool:

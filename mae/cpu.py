@@ -92,9 +92,14 @@ class ProductCost:
         return self.backward_reduced_s / self.backward_float32_s
 
     @property
+    def slowest_ratio(self) -> float:
+        """The larger of the forward's and (where timed) the backward's time ratio, reduced over float32."""
+        return max(self.forward_ratio, self.backward_ratio or 0.0)
+
+    @property
     def slower(self) -> bool:
         """The reduced precision is the slower one here (by SLOWER or more, in either product)."""
-        return max(self.forward_ratio, self.backward_ratio or 0.0) >= SLOWER
+        return self.slowest_ratio >= SLOWER
 
     def describe(self) -> str:
         name = dtype_name(self.dtype)
@@ -182,11 +187,10 @@ def _instead(dtype: torch.dtype, option: str) -> str:
     other = torch.bfloat16 if dtype == torch.float16 else torch.float16
     if not cpu_has_native(other):
         return ""
-    cost = measure_product_cost(other)
-    if max(cost.forward_ratio, cost.backward_ratio or 0.0) >= 1.0:
+    ratio = measure_product_cost(other).slowest_ratio
+    if ratio >= 1.0:
         return ""
-    speed = 1 / max(cost.forward_ratio, cost.backward_ratio or 0.0)
-    return f", or {option} {dtype_name(other)}: its products ran at {speed:.1f}x float32's speed here"
+    return f", or {option} {dtype_name(other)}: its products ran at {1 / ratio:.1f}x float32's speed here"
 
 
 def warn_if_reduced_precision_is_slow(
