@@ -43,6 +43,7 @@ FAST_VARIANTS = {
 FP16_VARIANTS = {
     "fp16_fast": "ours --fast --dtype float16 (attention as chosen here, fused AdamW; loss scaling)",
 }
+ROUTED = (*FAST_VARIANTS, *FP16_VARIANTS)  # the variants `route_of` knows
 
 
 def attentions(model: nn.Module) -> list[Attention]:

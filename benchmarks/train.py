@@ -357,7 +357,7 @@ def bench_steps(args: argparse.Namespace, device: torch.device) -> dict[str, Any
     plans = {}
     compiled: Any = None  # one torch.compile wrapper for the compiled variants (it keeps a graph per route)
     for name in args.variants:
-        if name in routes.FAST_VARIANTS or name in routes.FP16_VARIANTS or name in COMPILED:
+        if name in routes.ROUTED or name in COMPILED:
             route, plan = routes.route_of(COMPILED.get(name, name), model, device, args.batch, tokens)
             if plan is not None:
                 plans[name] = plan.describe().removeprefix("; --fast: ")
@@ -470,8 +470,7 @@ def loss_curves(args: argparse.Namespace, device: torch.device) -> dict[str, Any
     steps = args.curve_steps
     schedule = CosineSchedule(CURVE_LR, 0.0, 0.25, 1)  # one epoch of `steps` iterations
     curves: dict[str, list[float]] = {}
-    others = ("fast", "bf16", "fp16", *routes.FAST_VARIANTS, *routes.FP16_VARIANTS, "official")
-    wanted = ["ours"] + [n for n in others if n in args.variants]
+    wanted = ["ours"] + [n for n in ("fast", "bf16", "fp16", *routes.ROUTED, "official") if n in args.variants]
     for name in wanted:
         torch.manual_seed(0)
         model = build_ours(args.curve_model).to(device)
@@ -487,7 +486,7 @@ def loss_curves(args: argparse.Namespace, device: torch.device) -> dict[str, Any
             optimizer = build_adamw(model, CURVE_LR, WEIGHT_DECAY)
             dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(name, torch.float32)
             route = routes.Route(dtype=dtype, onednn=name == "fast")
-            if name in routes.FAST_VARIANTS or name in routes.FP16_VARIANTS:
+            if name in routes.ROUTED:
                 tokens = mae_tokens(model.patch_embed.num_patches, MASK_RATIO)
                 route, _ = routes.route_of(name, model, device, args.batch, tokens)
                 set_fused_adamw(optimizer, route.fused_adamw)
@@ -592,20 +591,20 @@ def goals(results: dict[str, Any]) -> list[str]:
     if curve and "bf16" in curve["max_rel_diff"]:
         gap = curve["max_rel_diff"]["bf16"]
         steps = f"{curve['steps']} steps, {curve['model']} model"
-        lines.append(
-            f"| {goal} ({steps}) | <= {GOALS['curve']:g} | {gap:.1e} | {'met' if gap <= GOALS['curve'] else 'missed'} |"
-        )
+        lines.append(curve_row(f"{goal} ({steps})", GOALS["curve"], gap))
     else:
         lines.append(f"| {goal} | <= {GOALS['curve']:g} | not measured (bf16 not run) | - |")
     for name in (*routes.FAST_VARIANTS, *FP16):
         if curve and name in curve["max_rel_diff"]:
             gap = curve["max_rel_diff"][name]
             bound = GOALS["curve"] if name in BF16 or name in FP16 else FLOAT32_CURVE
-            lines.append(
-                f"| {name} loss within {bound:g} of float32's at every step | <= {bound:g} | {gap:.1e} | "
-                f"{'met' if gap <= bound else 'missed'} |"
-            )
+            lines.append(curve_row(f"{name} loss within {bound:g} of float32's at every step", bound, gap))
     return lines
+
+
+def curve_row(goal: str, bound: float, gap: float) -> str:
+    """A goals-table row for a loss curve: its largest relative gap from float32 against ``bound``."""
+    return f"| {goal} | <= {bound:g} | {gap:.1e} | {'met' if gap <= bound else 'missed'} |"
 
 
 def cuda_goals(results: dict[str, Any]) -> list[str]:
@@ -632,11 +631,8 @@ def cuda_goals(results: dict[str, Any]) -> list[str]:
     for name in (*FP16, *BF16):
         gap = curve.get("max_rel_diff", {}).get(name)
         if gap is not None:
-            verdict = "met" if gap <= GOALS["curve"] else "missed"
-            lines.append(
-                f"| {name} loss within {100 * GOALS['curve']:g} % of float32 at every step ({curve['steps']} steps, "
-                f"{curve['model']} model) | <= {GOALS['curve']:g} | {gap:.1e} | {verdict} |"
-            )
+            goal = f"{name} loss within {100 * GOALS['curve']:g} % of float32 at every step"
+            lines.append(curve_row(f"{goal} ({curve['steps']} steps, {curve['model']} model)", GOALS["curve"], gap))
     peaks = {n: rows[n]["peak_growth_bytes"] for n in ("official", *FP16, *BF16) if n in rows}
     if peaks.get("official"):
         said = ", ".join(f"{n} {p / 1e9:.3g} GB ({p / peaks['official']:.2f}x)" for n, p in peaks.items() if p)
