@@ -22,7 +22,6 @@ the CPU).
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 import traceback
 from collections.abc import Callable
@@ -93,7 +92,3 @@ def main(argv: list[str] | None = None) -> int:
         + (f"; failed: {', '.join(failed)}" if failed else "")
     )
     return 1 if failed else 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -31,12 +31,11 @@ from typing import Any
 import torch
 
 from .data import make_jpegs, photographs
+from .train import SMALL
 
 FALL = 0.9  # the last epoch's mean loss at most this times the first's
 MODELS = {"base": "mae_vit_base_patch16", "large": "mae_vit_large_patch16", "tiny": "mae_vit_base_patch16"}
-# The tiny model of the training tests (32 px input, patch 8): the same command in seconds on a CPU.
-TINY = ["embed_dim=32", "depth=2", "num_heads=4", "decoder_embed_dim=16", "decoder_depth=1", "decoder_num_heads=2",
-        "patch_size=8"]  # fmt: skip
+TINY = SMALL["tiny"]  # the train benchmark's tiny model (32 px, patch 8): the same command in seconds on a CPU
 
 
 def command(args: argparse.Namespace, data: Path, out: Path) -> list[str]:
@@ -46,7 +45,8 @@ def command(args: argparse.Namespace, data: Path, out: Path) -> list[str]:
             "--epochs", str(args.epochs), "--warmup_epochs", str(args.warmup_epochs), "--blr", str(args.blr),
             "--dtype", args.dtype, "--device", args.device, "--num_workers", str(args.workers)]  # fmt: skip
     if args.model == "tiny":
-        line += ["--input_size", "32", "--model_args", *TINY]
+        line += ["--input_size", str(TINY["img_size"])]
+        line += ["--model_args", *(f"{k}={v}" for k, v in TINY.items() if k != "img_size")]
     return line
 
 
@@ -62,7 +62,9 @@ def verdict(records: list[dict[str, Any]], returncode: int) -> dict[str, Any]:
         why.append(f"{len(losses)} epoch(s) logged: at least 2 are needed to see the loss fall")
     elif not finite:
         why.append("a loss is not finite")
-    elif ratio is None or ratio > FALL:
+    elif ratio is None:
+        why.append(f"the first epoch's loss is {losses[0]:g}: nothing to fall from")
+    elif ratio > FALL:
         why.append(f"the last epoch's loss is {ratio:.3f} of the first's (at most {FALL:g} asked)")
     return {
         "losses": losses,

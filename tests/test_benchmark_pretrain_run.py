@@ -42,8 +42,9 @@ def record(loss: float) -> dict[str, float]:
         ([1.0, math.nan], 0, "a loss is not finite"),
         ([1.0], 0, "1 epoch(s) logged: at least 2 are needed to see the loss fall"),
         ([1.0, 0.5], 1, "the command ended with exit status 1"),
+        ([0.0, 0.0], 0, "the first epoch's loss is 0: nothing to fall from"),
     ],
-    ids=["falls", "flat", "nan", "one-epoch", "failed"],
+    ids=["falls", "flat", "nan", "one-epoch", "failed", "zero-first"],
 )
 def test_the_verdict_names_why_a_run_fails(losses: list[float], returncode: int, why: str) -> None:
     v = pretrain_run.verdict([record(x) for x in losses], returncode)
